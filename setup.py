@@ -1,0 +1,57 @@
+"""smiling_ros: an ament_python package that also installs with plain pip."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "smiling_ros"
+
+NODES = ["sim_node", "recorder_node", "trainer_node", "controller_node"]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Robot demonstrations from ROS 2 topics to a deployed diffusion policy "
+    "(SMILING, BRIDGER, DBC, DyDiff).",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/sim", glob("sim/*.xml") + glob("sim/*.npz")),
+    ],
+    install_requires=[
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "torch>=2.2",
+        "mujoco>=3.1",
+        "gymnasium[mujoco]>=1.0",
+        "stable-baselines3>=2.3",
+        "safetensors>=0.4",
+        "rosbags>=0.10",
+        "transforms3d>=0.4",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        # ROS 2 client library and messages as wheels, for installs without a ROS 2 distro.
+        # In a sourced ROS 2 install these come from the distro: do not install this extra.
+        "ros": [
+            "ros-rclpy",
+            "ros-rmw-fastrtps-cpp",
+            "ros-std-msgs",
+            "ros-std-srvs",
+            "ros-sensor-msgs",
+            "ros-geometry-msgs",
+            "ros-diagnostic-msgs",
+            "ros-lifecycle-msgs",
+        ],
+        "test": ["pytest>=7", "hypothesis>=6"],
+    },
+    entry_points={
+        "console_scripts": [f"smiling-ros = {PACKAGE}.cli:main"]
+        + [f"{n} = {PACKAGE}.nodes.{n}:main" for n in NODES],
+    },
+)

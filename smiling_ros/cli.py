@@ -1,0 +1,79 @@
+"""`smiling-ros <verb>`: everything a node does, without ROS.
+
+Each verb lives in ``smiling_ros/commands/<verb>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their verb runs, so ``--help`` is fast.
+Bad input raises :class:`~smiling_ros.errors.UserError`, printed here as one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "the main job end to end on the embedded default task"),
+    "record-demos": ("record_demos", "record scripted-expert demonstrations over ROS 2 into a bag"),
+    "import-bag": ("import_bag", "turn any rosbag2 (dir, .mcap, .db3) into a dataset"),
+    "train-expert": ("train_expert", "train an expert with SAC on the true reward"),
+    "rollout": ("rollout", "roll out a policy or expert in simulation into a dataset or bag"),
+    "train-smiling": ("train_smiling", "learn a policy from demonstrations with SMILING"),
+    "train-bc": ("train_bc", "behavioural cloning baseline"),
+    "train-dac": ("train_dac", "DAC (adversarial imitation) baseline"),
+    "train-bridger": ("train_bridger", "train a BRIDGER action refiner from a dataset and a source"),
+    "train-dbc": ("train_dbc", "diffusion-model-augmented behavioural cloning"),
+    "train-dydiff": ("train_dydiff", "diffusion world model for offline RL and SMILING without a simulator"),
+    "eval": ("eval", "evaluate a checkpoint: returns, success rate, normalised return"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smiling-ros", description="Robot demonstrations to deployed diffusion policies.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, help_) in VERBS.items():
+        sub.add_parser(verb, help=help_, add_help=False)
+    return p
+
+
+def _version() -> str:
+    from smiling_ros import __version__
+
+    return f"smiling-ros {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        if argv and argv[0] not in ("-h", "--help", "--version"):
+            top.print_usage(sys.stderr)
+            print(f"smiling-ros: error: unknown verb '{argv[0]}' (verbs: {', '.join(VERBS)})", file=sys.stderr)
+            return 2
+        top.parse_args(argv or ["--help"])
+        return 0
+    verb, rest = argv[0], argv[1:]
+    modname, help_ = VERBS[verb]
+    from smiling_ros.errors import UserError
+
+    try:
+        mod = importlib.import_module(f"smiling_ros.commands.{modname}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"smiling_ros.commands.{modname}":
+            print(f"smiling-ros: error: verb '{verb}' is not available in this version", file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(prog=f"smiling-ros {verb}", description=help_)
+    mod.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(mod.run(args) or 0)
+    except UserError as exc:
+        print(f"smiling-ros {verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"smiling-ros {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Experiment configuration: one YAML file per task/robot.
+
+The file has fixed top-level sections (checked strictly: an unknown key or a wrong type is a
+one-line error naming the file and the key). Method sections (``smiling``, ``bridger``, ``dbc``,
+``dydiff``, ``expert``) are kept as mappings here and parsed by the method that owns them with
+:func:`build`, so each method's options live next to its code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from smiling_ros.errors import UserError
+
+
+# --------------------------------------------------------------------------- generic builder
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {type(value).__name__}")
+        inner = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(float(value)):
+            raise UserError(f"{where}: must be finite, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+T = typing.TypeVar("T")
+
+
+def build(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, strictly.
+
+    Unknown keys, missing required keys and wrong types raise :class:`UserError` naming
+    ``where`` (e.g. ``"config/arm.yaml: smiling"``) and the key. After construction the
+    dataclass's ``validate()`` method, if any, is called for range checks.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{where}: missing required key '{name}'")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(where)
+    return obj
+
+
+def positive(value: float, where: str, name: str, allow_zero: bool = False) -> None:
+    """Range check helper for ``validate`` methods."""
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{where}.{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+# --------------------------------------------------------------------------- foundation sections
+@dataclass
+class FieldSpec:
+    """One piece of the observation or action vector, taken from one topic.
+
+    topic: ROS topic name. type: ROS message type (``std_msgs/msg/Float64MultiArray``,
+    ``sensor_msgs/msg/JointState``, ``geometry_msgs/msg/PoseStamped``, ...); when empty the type
+    recorded in the bag is used. field: attribute path inside the message (``data``,
+    ``position``, ``velocity``, ``effort``, ``pose.position``, ``pose.orientation``, ...).
+    joints: for JointState, the joint names to take, in this order (default: all, message order).
+    indices: optional subset of elements. size: expected element count (checked).
+    orientation: for quaternion fields, ``quat`` (w, x, y, z) or ``euler`` (roll, pitch, yaw).
+    """
+
+    topic: str
+    field: str = "data"
+    type: str = ""
+    joints: Optional[list[str]] = None
+    indices: Optional[list[int]] = None
+    size: Optional[int] = None
+    orientation: str = "quat"
+
+    def validate(self, where: str) -> None:
+        if not self.topic.startswith("/"):
+            raise UserError(f"{where}.topic: topic names must be absolute ('/...'), got '{self.topic}'")
+        if self.orientation not in ("quat", "euler"):
+            raise UserError(f"{where}.orientation: 'quat' or 'euler', got '{self.orientation}'")
+
+
+@dataclass
+class TaskSection:
+    """The environment: a Gymnasium id for MuJoCo, or empty for a real robot with no simulator."""
+
+    env: str = ""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: Optional[int] = None
+
+
+@dataclass
+class TopicsSection:
+    joint_states: str = "/joint_states"
+    observation: str = "/observation"
+    command: str = "/forward_command_controller/commands"
+    episode: str = "/smiling_ros/episode"
+    policy: str = "/smiling_ros/policy"
+
+    def validate(self, where: str) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not value.startswith("/"):
+                raise UserError(f"{where}.{name}: topic names must be absolute ('/...'), got '{value}'")
+
+
+@dataclass
+class ImportSection:
+    """How import-bag turns a bag into episodes."""
+
+    gap_s: float = 0.5  # a gap in the state stream longer than this starts a new episode
+    min_episode_steps: int = 2  # shorter fragments are dropped (and reported)
+
+    def validate(self, where: str) -> None:
+        positive(self.gap_s, where, "gap_s")
+        positive(self.min_episode_steps, where, "min_episode_steps")
+
+
+@dataclass
+class LimitsSection:
+    """Command limits the controller clamps to (per action element; empty = from the env)."""
+
+    action_low: list[float] = field(default_factory=list)
+    action_high: list[float] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        if len(self.action_low) != len(self.action_high):
+            raise UserError(f"{where}: action_low and action_high differ in length")
+        for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high)):
+            if lo > hi:
+                raise UserError(f"{where}: action_low[{i}]={lo} > action_high[{i}]={hi}")
+
+
+@dataclass
+class RecordSection:
+    storage: str = "mcap"  # mcap | sqlite3
+    extra_topics: list[str] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        if self.storage not in ("mcap", "sqlite3"):
+            raise UserError(f"{where}.storage: 'mcap' or 'sqlite3', got '{self.storage}'")
+
+
+METHOD_SECTIONS = ("smiling", "bridger", "dbc", "dydiff", "expert", "demo", "controller")
+
+
+@dataclass
+class Config:
+    """A task/robot configuration file (see config/arm_reach.yaml for a commented example)."""
+
+    task: TaskSection = field(default_factory=TaskSection)
+    rate_hz: float = 20.0
+    topics: TopicsSection = field(default_factory=TopicsSection)
+    observation: list[FieldSpec] = field(default_factory=list)
+    action: list[FieldSpec] = field(default_factory=list)
+    import_: ImportSection = field(default_factory=ImportSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    record: RecordSection = field(default_factory=RecordSection)
+    # Method sections, parsed by their owners with build(...).
+    smiling: dict[str, Any] = field(default_factory=dict)
+    bridger: dict[str, Any] = field(default_factory=dict)
+    dbc: dict[str, Any] = field(default_factory=dict)
+    dydiff: dict[str, Any] = field(default_factory=dict)
+    expert: dict[str, Any] = field(default_factory=dict)
+    demo: dict[str, Any] = field(default_factory=dict)
+    controller: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    path: str = ""  # file it was read from (set by load_config)
+
+    def validate(self, where: str) -> None:
+        positive(self.rate_hz, where, "rate_hz")
+        if not self.observation:
+            raise UserError(f"{where}: 'observation' must list at least one field")
+
+    def section(self, cls: type[T], name: str) -> T:
+        """Parse method section ``name`` into dataclass ``cls`` (strict, errors name the file)."""
+        return build(cls, getattr(self, name), f"{self.path or 'config'}: {name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["import"] = d.pop("import_")
+        d.pop("path", None)
+        return d
+
+
+def config_from_dict(data: Any, where: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a YAML mapping at top level")
+    data = dict(data)
+    if "import" in data:
+        data["import_"] = data.pop("import")
+    cfg = build(Config, data, where)
+    cfg.path = where
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a config file. Names shipped with the package (``arm_reach``) also resolve."""
+    p = resolve_config_path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{p}: not valid YAML{line}") from None
+    return config_from_dict(data, str(p))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, or the name of a config shipped in config/ (with or without .yaml)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    from smiling_ros.paths import share_dir
+
+    for cand in (share_dir("config") / p.name, share_dir("config") / f"{p.name}.yaml"):
+        if cand.exists():
+            return cand
+    raise UserError(f"{path}: config file not found")

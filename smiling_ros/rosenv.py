@@ -1,0 +1,37 @@
+"""Environment for ROS 2 processes the project starts itself (demo, record-demos, tests).
+
+DDS stays on the loopback interface unless the user has chosen otherwise: a robot network sets
+``ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET`` (or unsets ``ROS_LOCALHOST_ONLY``) before running.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+LOCAL_DDS = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOCALHOST_ONLY": "1"}
+
+
+def child_env(domain_id: Optional[int] = None, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """A copy of the environment for a child ROS process: loopback DDS by default, the user's
+    settings where given, and ``domain_id`` if not None."""
+    env = dict(os.environ if base is None else base)
+    for k, v in LOCAL_DDS.items():
+        env.setdefault(k, v)
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def ensure_local_dds() -> None:
+    """Apply the loopback defaults to this process (before rclpy.init)."""
+    for k, v in LOCAL_DDS.items():
+        os.environ.setdefault(k, v)
+
+
+def ros_available() -> bool:
+    try:
+        import rclpy  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing wheel or unsourced ROS
+        return False
+    return True
