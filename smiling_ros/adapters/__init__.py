@@ -1,0 +1,1 @@
+"""ROS-free adapters: ROS messages <-> vectors (fields), rosbag2 files <-> datasets (bag)."""
