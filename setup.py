@@ -48,7 +48,7 @@ setup(
             "ros-diagnostic-msgs",
             "ros-lifecycle-msgs",
         ],
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "colcon-common-extensions", "colcon-ros"],
     },
     entry_points={
         "console_scripts": [f"smiling-ros = {PACKAGE}.cli:main"]

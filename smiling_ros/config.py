@@ -172,10 +172,12 @@ class ImportSection:
 
     gap_s: float = 0.5  # a gap in the state stream longer than this starts a new episode
     min_episode_steps: int = 2  # shorter fragments are dropped (and reported)
+    max_abs: float = 1e9  # a value beyond +-max_abs is treated as corrupt (float32 keeps ~7 digits)
 
     def validate(self, where: str) -> None:
         positive(self.gap_s, where, "gap_s")
         positive(self.min_episode_steps, where, "min_episode_steps")
+        positive(self.max_abs, where, "max_abs")
 
 
 @dataclass

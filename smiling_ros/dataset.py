@@ -6,6 +6,8 @@ A dataset is a directory::
     data.safetensors   obs (N, obs_dim) float32, act (N, act_dim) float32 (optional),
                        episode_ends (E,) int64 (exclusive end index of each episode)
                        success (E,) uint8 (optional, per episode)
+                       reward (N,) float32 (optional: reward[k] received for act[k], e.g. from
+                       simulated rollouts; offline RL uses it, imitation ignores it)
 
 Episode i occupies rows ``episode_ends[i-1]:episode_ends[i]``. Observation ``obs[k]`` is the
 state at step k and ``act[k]`` the command applied from step k to k+1.
@@ -86,9 +88,14 @@ class Dataset:
     episode_ends: np.ndarray  # (E,) int64
     meta: dict[str, Any] = field(default_factory=dict)
     success: Optional[np.ndarray] = None  # (E,) bool
+    reward: Optional[np.ndarray] = None  # (N,) float32, optional per-step reward
 
     def __post_init__(self) -> None:
         self.obs = np.asarray(self.obs, np.float32)
+        if self.reward is not None:
+            self.reward = np.asarray(self.reward, np.float32).reshape(-1)
+            if len(self.reward) != len(self.obs):
+                raise UserError(f"dataset: {len(self.obs)} observations but {len(self.reward)} rewards")
         if self.act is not None:
             self.act = np.asarray(self.act, np.float32)
             if len(self.act) != len(self.obs):
@@ -126,6 +133,8 @@ class Dataset:
         out = {"obs": self.obs[idx], "next_obs": self.obs[idx + 1]}
         if self.act is not None:
             out["act"] = self.act[idx]
+        if self.reward is not None:
+            out["reward"] = self.reward[idx]
         return out
 
     def obs_normalizer(self) -> Normalizer:
@@ -164,6 +173,8 @@ class Dataset:
             tensors["act"] = self.act
         if self.success is not None:
             tensors["success"] = np.asarray(self.success, np.uint8)
+        if self.reward is not None:
+            tensors["reward"] = np.asarray(self.reward, np.float32)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             save_file(tensors, str(tmp / "data.safetensors"))
@@ -211,7 +222,8 @@ class Dataset:
             raise UserError(f"{d / 'data.safetensors'}: contains NaN or inf")
         meta["path"] = str(d)
         success = t["success"].astype(bool) if "success" in t else None
-        return cls(t["obs"], t.get("act"), t["episode_ends"], meta, success)
+        reward = t["reward"] if "reward" in t and np.isfinite(t["reward"]).all() else None
+        return cls(t["obs"], t.get("act"), t["episode_ends"], meta, success, reward)
 
     @classmethod
     def from_episodes(

@@ -5,6 +5,7 @@ units. ``load_policy`` rebuilds any policy checkpoint from its file alone, by it
 
 - ``mlp_policy``: deterministic MLP (BC, DBC, the SMILING/SAC/DAC actor exported for deployment)
 - ``bridger``: BRIDGER refiner over a source policy (smiling_ros.bridger)
+- ``cvae``: conditional VAE sampling from its prior (a BRIDGER source, smiling_ros.bridger.sources)
 
 Other kinds register a loader in ``POLICY_LOADERS`` (``"module:function"``, imported lazily).
 """
@@ -136,6 +137,7 @@ class MlpPolicy:
 POLICY_LOADERS: dict[str, str] = {
     "mlp_policy": "smiling_ros.policy:MlpPolicy.from_checkpoint",
     "bridger": "smiling_ros.bridger.policy:BridgerPolicy.from_checkpoint",
+    "cvae": "smiling_ros.bridger.sources:CvaePolicy.from_checkpoint",
 }
 
 

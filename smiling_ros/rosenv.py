@@ -30,8 +30,7 @@ def ensure_local_dds() -> None:
 
 
 def ros_available() -> bool:
-    try:
-        import rclpy  # noqa: F401
-    except Exception:  # noqa: BLE001 - missing wheel or unsourced ROS
-        return False
-    return True
+    """Whether rclpy can be imported (ROS 2 sourced, or the rclpy wheels installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("rclpy") is not None

@@ -3,6 +3,10 @@
 - SENSOR: inputs from the robot (joint states, observations): best effort, keep last 5, the
   profile robot drivers publish with (rclpy's qos_profile_sensor_data). A reliable subscriber
   would not match a best-effort publisher; a best-effort subscriber matches both.
+- STATE: what the simulated robot (sim_node) publishes joint states and observations with:
+  reliable, volatile, keep last 10 (what ros2_control's joint_state_broadcaster offers). A
+  reliable publisher matches both best-effort (SENSOR) and reliable (RECORD, ``ros2 bag record``)
+  subscribers; keep-last means a slow subscriber never blocks the robot.
 - COMMAND: to ros2_control's forward command controller: reliable, keep last 1 (only the
   newest command matters; an old one must never be replayed late).
 - EVENTS: episode markers and policy announcements: reliable, transient local, keep last 10,
@@ -20,6 +24,7 @@ from rclpy.qos import (
 )
 
 SENSOR = qos_profile_sensor_data
+STATE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 COMMAND = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 EVENTS = QoSProfile(
     depth=10,

@@ -1,0 +1,67 @@
+"""Deploy a policy: controller_node (a lifecycle node) publishing refined actions on the
+ros2_control command topic at control rate, configured and activated by this launch file.
+
+    ros2 launch smiling_ros deploy.launch.py checkpoint:=runs/demo/bridger.safetensors
+    ros2 launch smiling_ros deploy.launch.py checkpoint:=... sim:=false config:=my_robot.yaml
+
+With sim:=true (default) the simulated robot runs in real time beside it; on a real robot set
+sim:=false and point config at the robot's task file (topics, fields, limits).
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+
+def generate_launch_description():
+    params = PathJoinSubstitution([FindPackageShare("smiling_ros"), "config", "nodes.yaml"])
+    config = LaunchConfiguration("config")
+    controller = LifecycleNode(
+        package="smiling_ros",
+        executable="controller_node",
+        name="controller_node",
+        namespace="",
+        output="screen",
+        parameters=[params, {
+            "config": config,
+            "checkpoint": LaunchConfiguration("checkpoint"),
+            "control_rate_hz": LaunchConfiguration("control_rate_hz"),
+            "steps": LaunchConfiguration("steps"),
+            "command_topic": LaunchConfiguration("command_topic"),
+            "autostart": False,
+        }],
+    )
+    configure = EmitEvent(event=ChangeState(
+        lifecycle_node_matcher=matches_action(controller), transition_id=Transition.TRANSITION_CONFIGURE))
+    activate_when_configured = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=controller, start_state="configuring", goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(
+            lifecycle_node_matcher=matches_action(controller), transition_id=Transition.TRANSITION_ACTIVATE))],
+    ))
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value="arm_reach", description="task/robot config (name or path)"),
+        DeclareLaunchArgument("checkpoint", description="policy checkpoint (.safetensors)"),
+        DeclareLaunchArgument("control_rate_hz", default_value="20.0", description="control rate [Hz]"),
+        DeclareLaunchArgument("steps", default_value="5", description="BRIDGER sampling steps"),
+        DeclareLaunchArgument("command_topic", default_value="/forward_command_controller/commands",
+                              description="ros2_control command topic"),
+        DeclareLaunchArgument("sim", default_value="true", description="also run the simulated robot"),
+        Node(
+            package="smiling_ros",
+            executable="sim_node",
+            name="sim_node",
+            output="screen",
+            condition=IfCondition(LaunchConfiguration("sim")),
+            parameters=[params, {"config": config, "mode": "realtime",
+                                 "command_topic": LaunchConfiguration("command_topic")}],
+        ),
+        activate_when_configured,
+        controller,
+        configure,
+    ])

@@ -1,0 +1,68 @@
+"""`smiling-ros import-bag BAG --config CFG --out DIR`: any rosbag2 recording -> a dataset.
+
+BAG is a rosbag2 directory (metadata.yaml + .mcap/.db3 files), a bare .mcap or .db3 file, or the
+directory of a recording killed before it wrote metadata.yaml. The config's observation/action
+fields say which topics and fields become the vectors; see smiling_ros/importer.py for the
+resampling and episode rules.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from smiling_ros.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bag", metavar="BAG", help="rosbag2 directory, .mcap or .db3 file")
+    p.add_argument("--config", required=True, help="task config (YAML path or shipped name, e.g. arm_reach)")
+    p.add_argument("--out", required=True, help="dataset directory to write (replaced atomically)")
+    p.add_argument("--rate", default=None, metavar="HZ", help="dataset rate in Hz (default: config rate_hz)")
+    p.add_argument(
+        "--gap", default=None, metavar="S", help="split episodes at state gaps longer than S seconds "
+        "when the bag has no episode markers (default: config import.gap_s)"
+    )
+    p.add_argument("--require-actions", action="store_true", help="fail if the bag has no action topics")
+    p.add_argument("--salvage", action="store_true", help="read the complete part of a truncated MCAP")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _number(text, flag: str):
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{flag}: expected a number, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{flag}: must be a positive number, got {text}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    rate = _number(args.rate, "--rate")
+    gap = _number(args.gap, "--gap")
+    from smiling_ros.config import load_config
+    from smiling_ros.importer import import_bag
+
+    cfg = load_config(args.config)
+    ds = import_bag(
+        args.bag,
+        cfg,
+        args.out,
+        rate_hz=rate,
+        gap_s=gap,
+        progress=not args.no_progress,
+        require_actions=args.require_actions,
+        salvage=args.salvage,
+    )
+    info = ds.meta["import"]
+    lengths = ds.meta["episode_lengths"]
+    act = f"act_dim {ds.act_dim}" if ds.act is not None else "no actions (state-only)"
+    print(
+        f"imported {args.bag} ({ds.meta['source']['storage']}, episodes from {ds.meta['episodes_from']}): "
+        f"{ds.num_episodes} episodes ({info['dropped']} dropped), {len(ds.obs)} steps at {ds.meta['rate_hz']:g} Hz "
+        f"(episode length {min(lengths)}-{max(lengths)}), obs_dim {ds.obs_dim}, {act}, "
+        f"{info['messages']} messages in {info['seconds']:.2f} s -> {args.out}"
+    )
+    return 0

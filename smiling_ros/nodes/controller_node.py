@@ -1,0 +1,412 @@
+"""controller_node: a lifecycle node that runs a policy checkpoint at control rate.
+
+    controller_node --ros-args -p config:=arm_reach -p checkpoint:=policy.safetensors
+
+Lifecycle (``rclpy.lifecycle``; ``autostart:=true``, the default, configures and activates at
+start, so no ``ros2 lifecycle`` CLI is needed; a launch file sets ``autostart:=false`` and drives
+the transitions itself):
+
+- configure: check parameters, load the checkpoint (refusing one for another robot), build the
+  observation from the config's ``observation`` fields with the field mapping import-bag uses,
+  subscribe to their topics (sensor-data QoS, which matches best-effort and reliable publishers)
+  and create the command publisher (RELIABLE, depth 1).
+- activate: a timer at ``control_rate_hz`` on the steady clock. Each tick: latest observation ->
+  policy (source sample + BRIDGER steps inside ``act``) -> clamp to the limits -> publish
+  std_msgs/Float64MultiArray on the ros2_control command topic.
+- deactivate / shutdown / SIGINT / SIGTERM: stop the timer, publish the stop command
+  (``stop_action``), then nothing.
+
+Safety (smiling_ros.controller has the rules): a watchdog stops commanding (or holds, by
+``on_stale``) when the observation is older than ``watchdog_periods`` periods; NaN/inf or
+wrong-size observations and non-finite policy outputs cost that tick's command (throttled
+warning); every published action is finite and within limits.
+
+Interfaces (names relative to the node, ``~``):
+    ~/estop                   std_srvs/SetBool: true engages (one zero command if stop_action is
+                              'zero', then nothing is published), false releases.
+    <topics.policy>           std_msgs/String with a checkpoint path: loaded on a background thread
+                              and swapped in between two ticks; a checkpoint for another robot is
+                              refused and the old policy kept.
+    /diagnostics              diagnostic_msgs/DiagnosticArray every diagnostics_period_s: latency
+                              p50/p99, ticks, missed deadlines, watchdog, e-stop, policy path.
+
+Parameters left unset take the config's ``controller`` section (smiling_ros.controller
+.ControllerSection) and its ``topics``. Observation topics follow ROS remapping
+(``-r /observation:=/robot/obs``).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool
+
+from smiling_ros.controller import (
+    ControlLoop,
+    ControllerSettings,
+    PolicyLoader,
+    load_controller_policy,
+    make_assembler,
+    resolve_limits,
+    resolve_settings,
+)
+from smiling_ros.errors import UserError
+from smiling_ros.ros.msgs import message_class
+from smiling_ros.ros.node_utils import ParamSpec, declare_params, param
+from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
+
+NODE_NAME = "controller_node"
+
+# name -> (python type, description). All are declared unset (None) with dynamic typing and
+# checked at configure time, so a wrong type fails configure with one line.
+PARAMETERS: ParamSpec = {
+    "config": (str, "task config: a YAML path or a shipped name (arm_reach, hopper). Required."),
+    "checkpoint": (str, "policy checkpoint (.safetensors) to run. Required."),
+    "control_rate_hz": (float, "control rate [Hz], > 0; unset: config controller.control_rate_hz or rate_hz"),
+    "steps": (int, "BRIDGER sampling steps per action, >= 1; unset: config / the checkpoint's default"),
+    "watchdog_periods": (int, "observation older than this many control periods is stale (>= 1)"),
+    "on_stale": (str, "on a stale observation: 'stop' (publish nothing) or 'hold' (repeat the last command)"),
+    "stop_action": (str, "'zero': one zero command when stopping (velocity/effort interfaces); 'none'"),
+    "device": (str, "torch device: 'auto' (CUDA where present), 'cpu', 'cuda', 'cuda:N'"),
+    "executor": (str, "'single', 'events' (rclpy experimental EventsExecutor) or 'multi'"),
+    "command_topic": (str, "command topic; unset: config topics.command"),
+    "policy_topic": (str, "checkpoint announcements (std_msgs/String); unset: config topics.policy"),
+    "follow_announcements": (bool, "hot-swap to checkpoints announced on policy_topic"),
+    "diagnostics_period_s": (float, "period of /diagnostics status [s]"),
+    "observation_max_abs": (float, "observation elements beyond this magnitude count as invalid"),
+    "autostart": (bool, "configure and activate at start (set false when a launch file drives the lifecycle)"),
+}
+
+
+class ControllerNode(LifecycleNode):
+    """Lifecycle node around :class:`smiling_ros.controller.ControlLoop` (see module doc)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(NODE_NAME, **kwargs)
+        declare_params(self, PARAMETERS)
+        self.settings: Optional[ControllerSettings] = None
+        self.loop: Optional[ControlLoop] = None
+        self.configure_error: Optional[str] = None
+        self._estop = False
+        self._active = False
+        self._pub_lock = threading.Lock()  # a tick's publish and a stop command never interleave
+        self._loader: Optional[PolicyLoader] = None
+        self._subs: list[Any] = []
+        self._cmd_pub: Any = None
+        self._timer: Any = None
+        self._diag_timer: Any = None
+        self._msg = Float64MultiArray()
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._estop_srv = self.create_service(SetBool, "~/estop", self._on_estop)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+
+    # ------------------------------------------------------------------ parameters
+    def param(self, name: str, default: Any = None) -> Any:
+        return param(self, PARAMETERS, name, default)
+
+    def _user_params(self) -> dict[str, Any]:
+        """Parameters the user set, type-checked; unknown overrides are an error (typos)."""
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        for name in overrides:
+            if not self.has_parameter(name) and not name.startswith("qos_overrides."):
+                raise UserError(f"parameter '{name}': unknown (known: {', '.join(sorted(PARAMETERS))})")
+        out = {}
+        for name in PARAMETERS:
+            if name in ("config", "checkpoint", "autostart"):
+                continue
+            value = param(self, PARAMETERS, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except UserError as exc:
+            self.configure_error = str(exc)
+            self.get_logger().error(f"configure failed: {exc}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        except Exception as exc:  # noqa: BLE001 - any failure here must leave the node unconfigured, not crashed
+            self.configure_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: {self.configure_error}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        s = resolve_settings(self.param("config", ""), self.param("checkpoint", ""), self._user_params())
+        cfg = s.config
+        from smiling_ros.adapters.fields import declared_size
+
+        sizes = [declared_size(f) for f in cfg.observation]
+        obs_dim = None if any(v is None for v in sizes) else int(sum(sizes))  # type: ignore[arg-type]
+        policy = load_controller_policy(s.checkpoint, s, obs_dim)
+        assembler = make_assembler(cfg.observation, int(policy.obs_dim), s.observation_max_abs)
+        low, high = resolve_limits(cfg, policy, s.checkpoint)
+        self.loop = ControlLoop(policy, assembler, low, high, s.period_ns, s.watchdog_periods, s.on_stale,
+                                s.stop_action, policy_path=s.checkpoint)
+        self.loop.set_estop(self._estop)
+        self.settings = s
+        self._obs_dim = int(policy.obs_dim)
+        for topic, type_name in assembler.topics().items():
+            cls = message_class(type_name)
+            self._subs.append(self.create_subscription(
+                cls, topic, lambda msg, t=topic: self._on_observation(t, msg), SENSOR))
+        self._cmd_pub = self.create_lifecycle_publisher(Float64MultiArray, s.command_topic, COMMAND)
+        if s.follow_announcements:
+            self._loader = PolicyLoader(self._load_for_swap, self._on_policy_loaded, self._on_policy_refused)
+            self._subs.append(self.create_subscription(String, s.policy_topic, self._on_announcement, EVENTS))
+        self.destroy_timer(self._diag_timer)
+        self._diag_timer = self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
+        self.get_logger().info(
+            f"configured: {s.checkpoint} ({type(policy).__name__}, obs {policy.obs_dim}, act {policy.act_dim}"
+            f"{', steps ' + str(policy.steps) if hasattr(policy, 'steps') else ''}) on {s.device}; "
+            f"{s.control_rate_hz:g} Hz -> {s.command_topic}; limits {low.tolist()}..{high.tolist()}; "
+            f"watchdog {s.watchdog_periods} periods, on_stale {s.on_stale}, stop_action {s.stop_action}")
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        assert self.loop is not None and self.settings is not None
+        self.loop.reset()
+        self._timer = self.create_timer(self.settings.period_ns / 1e9, self._tick,
+                                        callback_group=self._control_group, clock=self._steady)
+        self._active = True
+        self.get_logger().info("active: commanding once observations arrive")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_loop()
+        self.get_logger().info("inactive: not commanding")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_loop()
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self._stop_loop()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_loop(self) -> None:
+        """Stop ticking and send the stop command (once) while the publisher is still active."""
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        with self._pub_lock:
+            if self.loop is not None and self._active:
+                stop = self.loop.stop_command()
+                self._publish(stop)
+                if stop is not None and self._cmd_pub is not None:
+                    # The node may be about to exit: make sure the robot got the stop command.
+                    self._cmd_pub.wait_for_all_acked(Duration(seconds=0.5))
+            self._active = False
+
+    def _release(self) -> None:
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._cmd_pub is not None:
+            self.destroy_lifecycle_publisher(self._cmd_pub)
+            self._cmd_pub = None
+        self.loop = None
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_observation(self, topic: str, msg: Any) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        warning = loop.on_message(topic, msg, time.monotonic_ns())
+        if warning:
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
+
+    def _tick(self) -> None:
+        start = time.monotonic_ns()
+        loop, timer = self.loop, self._timer
+        if loop is None or timer is None or not self._active:
+            return
+        # The timer has already advanced to its next slot: this tick was due one period before it.
+        until_next = timer.time_until_next_call()
+        expected = start + (until_next or 0) - timer.timer_period_ns
+        with self._pub_lock:
+            r = loop.tick(start)
+            if r.action is not None:
+                self._publish(r.action)
+        end = time.monotonic_ns()
+        loop.record(expected, start, end, r)
+        if r.event:
+            self.get_logger().info(r.event) if "stale" not in r.event else self.get_logger().warning(r.event)
+        if r.warning:
+            self.get_logger().warning(r.warning, throttle_duration_sec=1.0)
+
+    def _publish(self, action: Any) -> None:
+        if action is None or self._cmd_pub is None:
+            return
+        self._msg.data = action.tolist()
+        self._cmd_pub.publish(self._msg)
+
+    def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        engage = bool(request.data)
+        with self._pub_lock:
+            self._estop = engage
+            if self.loop is not None:
+                stop = self.loop.set_estop(engage)
+                if self._active:
+                    self._publish(stop)
+        if engage:
+            self.get_logger().warning("e-stop engaged: not commanding until released")
+            response.message = "e-stop engaged"
+        else:
+            self.get_logger().info("e-stop released")
+            response.message = "e-stop released"
+        response.success = True
+        return response
+
+    # ------------------------------------------------------------------ hot swap
+    def _on_announcement(self, msg: String) -> None:
+        path = msg.data.strip()
+        if not path or self._loader is None:
+            return
+        self.get_logger().info(f"policy announced: {path}; loading")
+        self._loader.request(path)
+
+    def _load_for_swap(self, path: str) -> Any:
+        s, loop = self.settings, self.loop
+        if s is None or loop is None:
+            raise UserError(f"{path}: not configured")
+        policy = load_controller_policy(path, s, self._obs_dim)
+        if int(policy.act_dim) != loop.act_dim:
+            raise UserError(f"{path}: checkpoint for another robot: act_dim is {policy.act_dim} but the limits "
+                            f"have {loop.act_dim} elements")
+        return policy
+
+    def _on_policy_loaded(self, policy: Any, path: str) -> None:
+        loop = self.loop
+        if loop is not None:
+            loop.offer_policy(policy, path)
+            self.get_logger().info(f"policy {path} loaded; swapping at the next tick")
+
+    def _on_policy_refused(self, path: str, reason: str) -> None:
+        old = self.loop.policy_path if self.loop is not None else "none"
+        self.get_logger().error(f"hot swap refused: {reason}; keeping {old}")
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(name=f"{self.get_name()}: control loop", hardware_id=self.get_fully_qualified_name())
+        loop = self.loop
+        if loop is None:
+            status.level = DiagnosticStatus.ERROR if self.configure_error else DiagnosticStatus.WARN
+            status.message = f"configure failed: {self.configure_error}" if self.configure_error else "not configured"
+        else:
+            d = loop.diagnostics()
+            if d["estop"]:
+                status.level, status.message = DiagnosticStatus.WARN, "e-stop engaged"
+            elif not self._active:
+                status.level, status.message = DiagnosticStatus.WARN, "inactive"
+            elif d["watchdog"] != "ok":
+                status.level = DiagnosticStatus.WARN
+                status.message = f"watchdog {d['watchdog']}: not commanding" if self.settings.on_stale == "stop" \
+                    else f"watchdog {d['watchdog']}: holding the last command"
+            else:
+                status.level = DiagnosticStatus.OK
+                status.message = f"commanding at {d['achieved_rate_hz']:.1f} Hz"
+            d["active"] = self._active
+            d["control_rate_hz"] = self.settings.control_rate_hz if self.settings else float("nan")
+            status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in d.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def make_executor(kind: str, context: Any = None) -> Any:
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor(context=context)
+    if kind == "multi":
+        return rclpy.executors.MultiThreadedExecutor(num_threads=2, context=context)
+    return rclpy.executors.SingleThreadedExecutor(context=context)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console script ``controller_node``; returns the exit status (2: bad parameters)."""
+    from smiling_ros.rosenv import ensure_local_dds
+
+    ensure_local_dds()
+    args = sys.argv if argv is None else argv
+    stop = threading.Event()
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # noqa: BLE001 - malformed --ros-args
+        print(f"{NODE_NAME}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = None
+    try:
+        try:
+            node = ControllerNode()
+        except Exception as exc:  # noqa: BLE001 - e.g. an unparsable parameter override
+            print(f"{NODE_NAME}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        try:
+            autostart = node.param("autostart", True)
+        except UserError as exc:
+            node.get_logger().error(str(exc))
+            return 2
+        if autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 2  # on_configure logged the one line saying why
+            node.trigger_activate()
+        kind = node.settings.executor if node.settings else (node.get_parameter("executor").value or "single")
+        executor = make_executor(kind if kind in ("single", "events", "multi") else "single")
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        if node._active or node.loop is not None:
+            state = node._state_machine.current_state[1]
+            if state in ("active", "inactive", "unconfigured"):
+                node.trigger_shutdown()  # publishes the stop command when active
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Small helpers shared by the project's nodes: parameters declared with descriptors whose unset
+values fall back to the task config, and a main loop with clean SIGINT/SIGTERM shutdown."""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.signals import SignalHandlerOptions
+
+from smiling_ros.errors import UserError
+
+# name -> (python type, description)
+ParamSpec = dict[str, tuple[type, str]]
+
+
+def declare_params(node, spec: ParamSpec) -> None:
+    """Declare every parameter of ``spec`` unset (None) with a descriptor stating its type, so a
+    value given with ``-p name:=value`` or a params file overrides the config and an unset one
+    means "from the config"."""
+    for name, (tp, text) in spec.items():
+        node.declare_parameter(name, None, ParameterDescriptor(
+            description=text, dynamic_typing=True, additional_constraints=f"type: {tp.__name__}"))
+
+
+def param(node, spec: ParamSpec, name: str, default: Any = None) -> Any:
+    """The value of parameter ``name`` checked against its declared type, or ``default`` if unset."""
+    value = node.get_parameter(name).value
+    if value is None:
+        return default
+    tp = spec[name][0]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if tp is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        value = list(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise UserError(f"parameter '{name}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise UserError(f"parameter '{name}': must be finite, got {value}")
+    return value
+
+
+def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = None) -> int:
+    """Init rclpy, build the node with ``factory()`` and spin it until SIGINT/SIGTERM or until the
+    node sets ``node.done``; then call ``node.close()`` (if it has one) and shut down.
+
+    Returns the exit status: 0, or 2 with one line on stderr for a :class:`UserError` (bad
+    parameter, config or topic), never a traceback for bad input.
+    """
+    from smiling_ros.rosenv import ensure_local_dds
+
+    ensure_local_dds()
+    args = sys.argv if argv is None else argv
+    stop = threading.Event()
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # noqa: BLE001 - malformed --ros-args
+        print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    node = None
+    code = 0
+    try:
+        node = factory()
+        executor = rclpy.executors.SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and not getattr(node, "done", False) and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        code = int(getattr(node, "exit_code", 0) or 0)
+    except UserError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except rclpy.exceptions.ParameterException as exc:
+        print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            try:
+                if callable(close):
+                    close()
+            except UserError as exc:
+                print(f"{name}: error: {exc}", file=sys.stderr)
+                code = code or exc.exit_code
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
