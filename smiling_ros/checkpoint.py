@@ -114,7 +114,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise UserError(f"{path}: checkpoint not found")
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+    # A safetensors file starts with an 8-byte header length, then its JSON header ('{'); the length's
+    # first byte may be 0x80 like a pickle's, so only files without that header are suspected.
+    looks_safetensors = len(head) >= 9 and head[8:9] == b"{"
+    if not looks_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise UserError(f"{path}: looks like a pickle/torch.save file; refusing to load it (only safetensors checkpoints are accepted)")
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:

@@ -135,6 +135,7 @@ class ControllerSettings:
     observation_max_abs: Optional[float]
     command_topic: str
     policy_topic: str
+    episode_topic: str
 
     @property
     def period_ns(self) -> int:
@@ -145,7 +146,7 @@ def resolve_settings(config: str, checkpoint: str, params: dict[str, Any]) -> Co
     """Load the config and merge node parameters over its ``controller`` section.
 
     ``params`` holds only the parameters the user set (unset ones are absent); keys are the
-    :class:`ControllerSection` fields plus ``command_topic`` and ``policy_topic``. Raises
+    :class:`ControllerSection` fields plus ``command_topic``, ``policy_topic`` and ``episode_topic``. Raises
     :class:`UserError` with one line naming the parameter or config key at fault.
     """
     from smiling_ros.config import load_config
@@ -157,7 +158,8 @@ def resolve_settings(config: str, checkpoint: str, params: dict[str, Any]) -> Co
     cfg = load_config(config)
     section = cfg.section(ControllerSection, "controller")
     merged = dataclasses.asdict(section)
-    topics = {"command_topic": cfg.topics.command, "policy_topic": cfg.topics.policy}
+    topics = {"command_topic": cfg.topics.command, "policy_topic": cfg.topics.policy,
+              "episode_topic": cfg.topics.episode}
     for key, value in params.items():
         if key in merged:
             merged[key] = value
@@ -292,30 +294,53 @@ def load_controller_policy(path: str, settings: ControllerSettings, obs_dim: Opt
 
 # --------------------------------------------------------------------------- statistics
 class LatencyStats:
-    """Ring buffer of the last ``capacity`` durations [ns]; percentiles in milliseconds."""
+    """Distribution of durations [ns] since the last reset, as a histogram with log-spaced bins
+    (each 2 % wide, 1 us .. 100 s), so ``add`` is O(1), memory is fixed however long the node runs
+    and percentiles cost O(bins). A percentile is reported as the upper edge of its bin (at most
+    2 % high), capped at the largest value seen.
+    """
 
-    def __init__(self, capacity: int = 10000):
-        self._buf = np.zeros(capacity, np.int64)
-        self._n = 0
+    MIN_NS = 1_000
+    RATIO = 1.02
+    _LOG = math.log(RATIO)
+    NBINS = int(math.ceil(math.log(1e11 / MIN_NS) / math.log(RATIO))) + 2
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._counts = [0] * self.NBINS
         self.count = 0
         self.max_ns = 0
+        self.total_ns = 0
 
     def add(self, ns: int) -> None:
-        self._buf[self._n % self._buf.shape[0]] = ns
-        self._n += 1
+        i = 0 if ns < self.MIN_NS else min(int(math.log(ns / self.MIN_NS) / self._LOG) + 1, self.NBINS - 1)
+        self._counts[i] += 1
         self.count += 1
+        self.total_ns += ns
         if ns > self.max_ns:
             self.max_ns = ns
 
-    def values_ns(self) -> np.ndarray:
-        return self._buf[: min(self._n, self._buf.shape[0])].copy()
-
     def percentile_ms(self, q: float) -> float:
-        v = self.values_ns()
-        return float(np.percentile(v, q)) / 1e6 if v.size else float("nan")
+        if not self.count:
+            return float("nan")
+        rank = q / 100.0 * self.count
+        acc = 0
+        for i, c in enumerate(self._counts):
+            acc += c
+            if acc >= rank and c:
+                upper = self.MIN_NS * self.RATIO ** i
+                return min(upper, self.max_ns) / 1e6
+        return self.max_ns / 1e6
 
-    def reset(self) -> None:
-        self._n = self.count = self.max_ns = 0
+    def mean_ms(self) -> float:
+        return self.total_ns / self.count / 1e6 if self.count else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"count": self.count, "p50_ms": self.percentile_ms(50), "p90_ms": self.percentile_ms(90),
+                "p99_ms": self.percentile_ms(99), "p999_ms": self.percentile_ms(99.9),
+                "max_ms": self.max_ns / 1e6, "mean_ms": self.mean_ms()}
 
 
 class DeadlineTracker:
@@ -440,6 +465,9 @@ class ControlLoop:
         self.low = np.asarray(low, np.float64).copy()
         self.high = np.asarray(high, np.float64).copy()
         self.act_dim = int(self.low.shape[0])
+        self._low_list, self._high_list = self.low.tolist(), self.high.tolist()
+        if not all(math.isfinite(v) for v in self._low_list + self._high_list) or np.any(self.low > self.high):
+            raise UserError(f"action limits must be finite with low <= high, got {self._low_list}..{self._high_list}")
         if stop_action == "zero" and np.any((self.low > 0) | (self.high < 0)):
             raise UserError("stop_action 'zero': 0 is outside the action limits; use stop_action 'none' "
                             "or limits that contain 0")
@@ -461,6 +489,7 @@ class ControlLoop:
         self._stopped = True  # True once the stop command went out (or nothing was commanded yet)
         self._pending: Optional[tuple[Any, str]] = None
         self._invalid_since: Optional[int] = None  # first tick of the current run of invalid input
+        self._reset_pending = False
         self._lock = threading.Lock()
         self._torch = _torch_inference_mode()
 
@@ -482,6 +511,12 @@ class ControlLoop:
         """Hand over a loaded, checked policy; it replaces the current one at the next tick."""
         with self._lock:
             self._pending = (policy, path)
+
+    def request_reset(self) -> None:
+        """Reset the policy's state (observation window, action chunk) before the next tick, e.g. at
+        an episode start."""
+        with self._lock:
+            self._reset_pending = True
 
     def set_estop(self, engaged: bool) -> Optional[np.ndarray]:
         """Engage/release the e-stop; returns the stop command to publish on engaging, if any."""
@@ -512,6 +547,16 @@ class ControlLoop:
             self._stopped = True
             self._invalid_since = None
 
+    def reset_stats(self) -> None:
+        """Clear the statistics (latency, deadlines, counts) without touching the control state."""
+        with self._lock:
+            self.latency.reset()
+            self.deadlines.reset()
+            self.counts.clear()
+            self.clamped = 0
+            self.swaps = 0
+            self.watchdog.stale_events = 0
+
     def _stop_locked(self) -> Optional[np.ndarray]:
         if self._stopped:
             return None
@@ -537,6 +582,9 @@ class ControlLoop:
             self.policy.reset()
             self.swaps += 1
             event = f"policy swapped to {self.policy_path}"
+        if self._reset_pending:
+            self._reset_pending = False
+            self.policy.reset()
         stamp = self.assembler.oldest_stamp_ns() if self.assembler.ready() else None
         state, wd_event = self.watchdog.check(now_ns, stamp)
         event = wd_event or event
@@ -558,24 +606,37 @@ class ControlLoop:
         if obs.shape != (int(self.policy.obs_dim),):
             return self._invalid(now_ns, "bad_observation", f"observation has {obs.size} elements, the policy "
                                  f"takes {self.policy.obs_dim}; not commanding", event)
-        if not np.all(np.isfinite(obs)):
+        if not math.isfinite(float(obs.sum())):  # NaN/inf anywhere makes the sum non-finite
             bad = np.flatnonzero(~np.isfinite(obs))
             return self._invalid(now_ns, "bad_observation",
                                  f"observation has non-finite values at {bad[:8].tolist()}; not commanding", event)
         try:
             with self._torch():
-                a = np.asarray(self.policy.act(obs.astype(np.float32)), np.float64).reshape(-1)
+                raw = self.policy.act(obs.astype(np.float32))
+            a = np.asarray(raw, np.float64).reshape(-1)
         except Exception as exc:  # noqa: BLE001 - any policy failure must cost one tick, not the loop
             return self._invalid(now_ns, "policy_error", f"policy failed: {type(exc).__name__}: {exc}; "
                                  "not commanding", event)
-        if a.shape != (self.act_dim,) or not np.all(np.isfinite(a)):
-            return self._invalid(now_ns, "bad_action", f"policy returned a non-finite or wrong-size action "
-                                 f"{a[:8].tolist()}; not commanding", event)
-        clipped = np.clip(a, self.low, self.high)
-        if not np.array_equal(clipped, a):
+        if a.shape[0] != self.act_dim:
+            return self._invalid(now_ns, "bad_action", f"policy returned {a.shape[0]} action elements, the "
+                                 f"limits have {self.act_dim}; not commanding", event)
+        # Clamp element by element in Python (a handful of floats: faster than numpy calls), checking
+        # finiteness on the way; the limits are finite, so every element sent lies in [low, high].
+        out = []
+        clamped = False
+        for v, lo, hi in zip(a.tolist(), self._low_list, self._high_list):
+            if not math.isfinite(v):
+                return self._invalid(now_ns, "bad_action", f"policy returned a non-finite action "
+                                     f"{a[:8].tolist()}; not commanding", event)
+            c = lo if v < lo else (hi if v > hi else v)
+            if c != v:
+                clamped = True
+            if not lo <= c <= hi:  # unreachable with finite limits; the invariant is checked anyway
+                return self._invalid(now_ns, "bad_action", "action outside limits after clamping", event)
+            out.append(c)
+        if clamped:
             self.clamped += 1
-        if not (np.all(np.isfinite(clipped)) and np.all(clipped >= self.low) and np.all(clipped <= self.high)):
-            return self._invalid(now_ns, "bad_action", "action outside limits after clamping", event)
+        clipped = np.array(out, np.float64)
         self.last_action = clipped
         self._stopped = False
         self._invalid_since = None

@@ -174,6 +174,15 @@ def resolve_path(name: str, cfg=None) -> Path:
     return p
 
 
+def load_references(path: Path, task: str) -> Optional[dict[str, Any]]:
+    """Cached references from ``path`` when they exist and are for ``task``; else None."""
+    try:
+        ref = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return ref if isinstance(ref, dict) and ref.get("task") == task else None
+
+
 def reference_returns(env_fn: EnvFn, expert: Any = None, episodes: int = 10, seed: int = 10_000,
                       dataset=None, cache: Optional[Path] = None, task: str = "") -> dict[str, Any]:
     """Reference returns for normalisation: {'random', 'expert', 'task', 'episodes', 'expert_source'}.
@@ -181,13 +190,10 @@ def reference_returns(env_fn: EnvFn, expert: Any = None, episodes: int = 10, see
     Random: uniform-random actions. Expert: ``dataset.meta['expert_return']`` when the dataset
     carries it for this task, else rollouts of ``expert`` (a policy spec), else None. Cached as
     JSON in ``cache`` (reused when the task matches)."""
-    if cache is not None and Path(cache).exists():
-        try:
-            ref = json.loads(Path(cache).read_text())
-            if ref.get("task") == task:
-                return ref
-        except (OSError, json.JSONDecodeError):
-            pass
+    if cache is not None:
+        ref = load_references(cache, task)
+        if ref is not None:
+            return ref
     env = env_fn()
     try:
         rnd = run_episodes(RandomPolicy(env.action_space, seed), env, episodes, seed)

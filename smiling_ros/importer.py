@@ -33,14 +33,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from smiling_ros.adapters.fields import VectorAssembler, normalize_msgtype
 from smiling_ros.config import Config, FieldSpec
-from smiling_ros.dataset import FORMAT, Dataset
 from smiling_ros.errors import UserError
+
+if TYPE_CHECKING:
+    from smiling_ros.dataset import Dataset
 
 MARKER_TYPE = "std_msgs/msg/String"
 PHASE = 0.5  # grid offset after the ready time, in periods
@@ -89,7 +91,7 @@ def gap_intervals(times_per_topic: Sequence[np.ndarray], gap_ns: int) -> list[tu
     gaps.sort()
     merged: list[list[int]] = []
     for a, b in gaps:
-        if merged and a <= merged[-1][1]:
+        if merged and a < merged[-1][1]:  # overlapping; touching gaps leave their shared instant
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
@@ -267,6 +269,8 @@ def check_out_dir(out: Path) -> None:
     if any(out.iterdir()) and not (out / "meta.json").exists():
         raise UserError(f"{out}: exists and is not a dataset; refusing to overwrite it (choose another --out)")
     if (out / "meta.json").exists():
+        from smiling_ros.dataset import FORMAT  # imports torch: only when there is something to check
+
         try:
             fmt = json.loads((out / "meta.json").read_text()).get("format")
         except (OSError, ValueError, AttributeError):
@@ -523,6 +527,8 @@ def import_bag(
             for ep in kept
         ],
     }
+    from smiling_ros.dataset import Dataset
+
     ds = Dataset.from_episodes([(ep.obs, ep.act) for ep in kept], meta, success)
     if not (np.isfinite(ds.obs).all() and (ds.act is None or np.isfinite(ds.act).all())):
         raise UserError(f"{bag}: values overflow float32 (lower import.max_abs)")

@@ -34,3 +34,31 @@ def ros_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("rclpy") is not None
+
+
+def domain_in_use(domain_id: int) -> bool:
+    """Whether a DDS participant on this machine already uses ``domain_id``: its first
+    participant's unicast discovery port (RTPS default 7410 + 250 * domain) is bound."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("0.0.0.0", 7410 + 250 * int(domain_id)))
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.close()
+
+
+def free_domain_id(low: int = 150, high: int = 232) -> int:
+    """A ROS_DOMAIN_ID in [low, high] that no local participant uses (random start, so
+    concurrent callers rarely pick the same one)."""
+    import random
+
+    ids = list(range(low, high + 1))
+    start = random.randrange(len(ids))
+    for domain in ids[start:] + ids[:start]:
+        if not domain_in_use(domain):
+            return domain
+    return ids[start]

@@ -26,6 +26,7 @@ topic and the field.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable, Optional, Sequence
 
@@ -53,6 +54,7 @@ _SKIP_FIELDS = {"header", "layout"}
 
 
 # --------------------------------------------------------------------------- type names
+@functools.lru_cache(maxsize=1024)
 def normalize_msgtype(name: str) -> str:
     """``pkg/Type`` or ``pkg/msg/Type`` -> ``pkg/msg/Type`` ('' stays '')."""
     name = (name or "").strip()
@@ -89,7 +91,10 @@ def _field_names(msg: Any) -> list[str]:
 
 
 def _is_message(value: Any) -> bool:
-    return bool(msgtype_of(value)) or hasattr(type(value), "__dataclass_fields__")
+    """A message, or any plain object with data attributes (e.g. SimpleNamespace)."""
+    if msgtype_of(value) or hasattr(type(value), "__dataclass_fields__"):
+        return True
+    return not callable(value) and hasattr(value, "__dict__") and bool(_field_names(value))
 
 
 # --------------------------------------------------------------------------- conversion
@@ -162,7 +167,7 @@ def _flatten(msg: Any, spec: FieldSpec, depth: int = 0) -> np.ndarray:
         raise UserError(f"{_where(spec)}: message nesting too deep")
     mtype = msgtype_of(msg)
     names: Sequence[str]
-    if mtype == QUATERNION or (not mtype and all(hasattr(msg, a) for a in "xyzw") and not _field_names(msg)):
+    if mtype == QUATERNION or (not mtype and set(_field_names(msg)) == {"x", "y", "z", "w"}):
         q = quat_wxyz(msg)
         return quat_to_euler(q) if spec.orientation == "euler" else q
     names = _LAYOUTS.get(mtype) or [n for n in _field_names(msg) if n not in _SKIP_FIELDS]
@@ -181,10 +186,15 @@ def _flatten(msg: Any, spec: FieldSpec, depth: int = 0) -> np.ndarray:
     return np.concatenate(parts)
 
 
+@functools.lru_cache(maxsize=1024)
+def _split_path(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
 def _resolve(msg: Any, path: str, spec: FieldSpec, msgtype: str) -> Any:
     value = msg
     walked = []
-    for part in path.split("."):
+    for part in _split_path(path):
         if not part:
             raise UserError(f"{_where(spec)}: empty component in field path")
         if part.startswith("_") or not hasattr(value, part):

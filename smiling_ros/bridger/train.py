@@ -293,8 +293,8 @@ def train_cvae(ds: Dataset, cc: CvaeConfig, seed: int = 0, progress: bool = True
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        acc["mse"] += float(mse)
-        acc["kl"] += float(kl)
+        acc["mse"] += float(mse.detach())
+        acc["kl"] += float(kl.detach())
         acc["n"] += 1
         if (step + 1) % 100 == 0 or step + 1 == cc.train_steps:
             row = {"step": step + 1, "mse": acc["mse"] / acc["n"], "kl": acc["kl"] / acc["n"], "beta": beta,

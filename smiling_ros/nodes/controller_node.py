@@ -24,6 +24,9 @@ warning); every published action is finite and within limits.
 Interfaces (names relative to the node, ``~``):
     ~/estop                   std_srvs/SetBool: true engages (one zero command if stop_action is
                               'zero', then nothing is published), false releases.
+    ~/reset_stats             std_srvs/Trigger: clear latency/deadline statistics (e.g. after warm-up).
+    <topics.episode>          std_msgs/String episode markers: a "start" resets the policy's state
+                              (observation window, action chunk) before the next tick.
     <topics.policy>           std_msgs/String with a checkpoint path: loaded on a background thread
                               and swapped in between two ticks; a checkpoint for another robot is
                               refused and the old policy kept.
@@ -52,7 +55,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Float64MultiArray, String
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 
 from smiling_ros.controller import (
     ControlLoop,
@@ -64,7 +67,7 @@ from smiling_ros.controller import (
     resolve_settings,
 )
 from smiling_ros.errors import UserError
-from smiling_ros.ros.msgs import message_class
+from smiling_ros.ros.msgs import message_class, parse_episode_marker
 from smiling_ros.ros.node_utils import ParamSpec, declare_params, param
 from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
 
@@ -84,6 +87,7 @@ PARAMETERS: ParamSpec = {
     "executor": (str, "'single', 'events' (rclpy experimental EventsExecutor) or 'multi'"),
     "command_topic": (str, "command topic; unset: config topics.command"),
     "policy_topic": (str, "checkpoint announcements (std_msgs/String); unset: config topics.policy"),
+    "episode_topic": (str, "episode markers (std_msgs/String JSON); unset: config topics.episode"),
     "follow_announcements": (bool, "hot-swap to checkpoints announced on policy_topic"),
     "diagnostics_period_s": (float, "period of /diagnostics status [s]"),
     "observation_max_abs": (float, "observation elements beyond this magnitude count as invalid"),
@@ -112,6 +116,7 @@ class ControllerNode(LifecycleNode):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._estop_srv = self.create_service(SetBool, "~/estop", self._on_estop)
+        self._reset_stats_srv = self.create_service(Trigger, "~/reset_stats", self._on_reset_stats)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
 
@@ -171,6 +176,7 @@ class ControllerNode(LifecycleNode):
             self._subs.append(self.create_subscription(
                 cls, topic, lambda msg, t=topic: self._on_observation(t, msg), SENSOR))
         self._cmd_pub = self.create_lifecycle_publisher(Float64MultiArray, s.command_topic, COMMAND)
+        self._subs.append(self.create_subscription(String, s.episode_topic, self._on_episode, EVENTS))
         if s.follow_announcements:
             self._loader = PolicyLoader(self._load_for_swap, self._on_policy_loaded, self._on_policy_refused)
             self._subs.append(self.create_subscription(String, s.policy_topic, self._on_announcement, EVENTS))
@@ -260,7 +266,15 @@ class ControllerNode(LifecycleNode):
         end = time.monotonic_ns()
         loop.record(expected, start, end, r)
         if r.event:
-            self.get_logger().info(r.event) if "stale" not in r.event else self.get_logger().warning(r.event)
+            # State changes are logged, at most one per second per kind when a marginal sensor makes
+            # the watchdog flap; /diagnostics carries the current state and the count.
+            if "stale" in r.event:
+                self.get_logger().warning(f"{r.event} (stale events: {loop.watchdog.stale_events})",
+                                          throttle_duration_sec=1.0)
+            elif "resumed" in r.event:
+                self.get_logger().info(r.event, throttle_duration_sec=1.0)
+            else:
+                self.get_logger().info(r.event)
         if r.warning:
             self.get_logger().warning(r.warning, throttle_duration_sec=1.0)
 
@@ -285,6 +299,18 @@ class ControllerNode(LifecycleNode):
             self.get_logger().info("e-stop released")
             response.message = "e-stop released"
         response.success = True
+        return response
+
+    def _on_episode(self, msg: String) -> None:
+        marker = parse_episode_marker(msg.data)
+        if marker is not None and marker["event"] == "start" and self.loop is not None:
+            self.loop.request_reset()  # a new episode: forget observation windows / action chunks
+
+    def _on_reset_stats(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.loop is not None:
+            self.loop.reset_stats()
+        response.success = self.loop is not None
+        response.message = "statistics cleared" if self.loop is not None else "not configured"
         return response
 
     # ------------------------------------------------------------------ hot swap

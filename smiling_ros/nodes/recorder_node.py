@@ -10,16 +10,24 @@ marker topic) or, failing that, from the ROS graph. A topic is subscribed once a
 exists, with the publishers' QoS (reliable unless a publisher is best effort; transient local
 when all publishers are, which delivers late-joined episode markers), depth 1000.
 
-Messages are received serialised (``raw=True``) and written unchanged, stamped with the node's
-clock at reception (wall time, or /clock with ``use_sim_time:=true``), as ``ros2 bag record``
-does. Episode markers (std_msgs/String JSON ``{"event": "start"|"end", "episode": k, ...}``) are
-also echoed on stdout as ``EPISODE {json}`` lines for a parent process to follow; with
+Messages are received serialised (``raw=True``) and written unchanged. Bag timestamps: the
+time DDS received each message (wall clock, as ``ros2 bag record`` does, but free of this node's
+processing delays), or with ``use_sim_time:=true`` the simulated time, exactly: /clock (as
+sim_node publishes it with ``publish_clock``) is followed from its start, and each message gets
+the last /clock value published before it (see :class:`SimTimeStamper`), so a simulation run
+faster than real time still yields a bag stamped at its control rate. Gaps in each publisher's
+sequence numbers are counted as lost messages.
+
+Episode markers (std_msgs/String JSON ``{"event": "start"|"end", "episode": k, ...}``) are also
+echoed on stdout as ``EPISODE {json}`` lines for a parent process to follow; with
 ``max_episodes`` the node stops itself after that many "end" markers (after ``drain_s`` more
 seconds of recording, so messages in flight are kept). On SIGINT/SIGTERM or when stopping, the
-bag is closed so it reads back; a summary ``RECORDED {json}`` line (topic counts) goes to stdout.
+bag is closed so it reads back, and a summary line ``RECORDED {"output", "storage", "counts",
+"lost", "episodes"}`` goes to stdout.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import sys
 import time
@@ -30,7 +38,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from smiling_ros.errors import UserError
-from smiling_ros.ros.node_utils import ParamSpec, declare_params, param, run_node
+from smiling_ros.ros.node_utils import ParamSpec, declare_params, param, run_node, steady_clock
 
 NODE_NAME = "recorder_node"
 
@@ -58,6 +66,62 @@ def topics_from_config(cfg) -> dict[str, str]:
     for topic in cfg.record.extra_topics:
         out.setdefault(topic, "")
     return out
+
+
+class SimTimeStamper:
+    """Stamps messages with simulated time, exactly, whatever order topics arrive in.
+
+    The simulator publishes /clock (simulated time) before each group of messages of one step,
+    from the same process. A message's DDS source timestamp (the publisher's wall clock at
+    publishing) therefore falls between the source timestamps of the /clock message of its step
+    and the next one: its simulated time is the value of the last /clock published before it.
+    Messages wait here until a /clock published after them has arrived (or ``flush`` gives up
+    on waiting), then go to the writer.
+    """
+
+    def __init__(self, writer):
+        self.writer = writer
+        self._wall: list[int] = []  # source timestamps of /clock messages [ns], increasing
+        self._sim: list[int] = []  # their simulated times [ns]
+        self._pending: list[tuple[str, int, bytes, float]] = []  # (topic, source ns, data, arrival monotonic)
+
+    def clock(self, sim_ns: int, source_ns: Optional[int] = None) -> None:
+        """A /clock message: simulated time ``sim_ns`` published at wall time ``source_ns``."""
+        source_ns = time.time_ns() if source_ns is None else source_ns
+        if self._wall and source_ns <= self._wall[-1]:
+            return
+        self._wall.append(source_ns)
+        self._sim.append(sim_ns)
+        if len(self._wall) > 20000:  # keep the last ~minutes of mapping
+            del self._wall[:10000], self._sim[:10000]
+        self.flush(0.0)
+
+    def add(self, topic: str, source_ns: int, data: bytes) -> None:
+        self._pending.append((topic, source_ns, data, time.monotonic()))
+        if self._wall and source_ns < self._wall[-1]:
+            self.flush(0.0)
+
+    def sim_time(self, source_ns: int) -> int:
+        """Simulated time of a message published at wall time ``source_ns`` (wall time before any /clock)."""
+        i = bisect.bisect_right(self._wall, source_ns) - 1
+        if i < 0:
+            return self._sim[0] if self._sim else source_ns
+        return self._sim[i]
+
+    def flush(self, older_than: Optional[float]) -> None:
+        """Write the messages whose time is known; also those that arrived before monotonic time
+        ``older_than``; everything when it is None."""
+        if not self._pending:
+            return
+        latest = self._wall[-1] if self._wall else None
+        keep = []
+        for item in self._pending:
+            topic, source_ns, data, arrived = item
+            if older_than is None or (latest is not None and source_ns < latest) or arrived < older_than:
+                self.writer.write(topic, self.sim_time(source_ns), data)
+            else:
+                keep.append(item)
+        self._pending = keep
 
 
 class RecorderNode(Node):
@@ -101,25 +165,24 @@ class RecorderNode(Node):
         from smiling_ros.adapters.bag import BagWriter
 
         self.writer = BagWriter(self.output, storage=self.storage)  # last: nothing can fail after this
-        self._string_cls = None
-        self._poll_timer = self.create_timer(0.05, self._poll)
+        self.stamper = SimTimeStamper(self.writer) if self.use_sim_time else None
+        self.lost: dict[str, int] = {}  # messages missing from publishers' sequence numbers, per topic
+        self._last_seq: dict[tuple[str, bytes], int] = {}
+        self._poll_timer = self.create_timer(0.05, self._poll, clock=steady_clock())
         self.get_logger().info(f"recording {sorted(self.types)} to {self.output} ({self.storage})"
                                + (" in simulated time" if self.use_sim_time else ""))
 
     # ------------------------------------------------------------------ subscriptions
-    def _now_ns(self) -> int:
-        if self.use_sim_time:
-            ns = self.get_clock().now().nanoseconds
-            if ns > 0:
-                return ns
-        return time.time_ns()
-
     def _poll(self) -> None:
-        """Subscribe to topics whose publishers have appeared; stop once drained."""
+        """Subscribe to topics whose publishers have appeared; flush late messages; stop once drained."""
+        if self.stamper is not None:
+            self.stamper.flush(time.monotonic() - 0.5)
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self.done = True
             return
         pending = [t for t in self.types if t not in self._subs]
+        if self.stamper is not None and "/clock" not in self._subs:
+            pending.insert(0, "/clock")  # simulated time first: nothing is stamped before it is known
         if not pending:
             return
         graph = dict(self.get_topic_names_and_types())
@@ -129,12 +192,31 @@ class RecorderNode(Node):
                 if topic not in self._waiting_logged:
                     self.get_logger().info(f"waiting for a publisher on {topic}")
                     self._waiting_logged.add(topic)
+                if topic == "/clock" and topic not in self.types:
+                    return
                 continue
             self._subscribe(topic, pubs, graph.get(topic, []))
+
+    def _qos(self, pubs: list[Any]) -> tuple[QoSProfile, str]:
+        """The publishers' QoS, as a subscriber must ask for it to match all of them."""
+        reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in pubs)
+        latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in pubs)
+        qos = QoSProfile(
+            depth=self.depth, history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+        return qos, ("reliable" if reliable else "best effort") + (", transient local" if latched else "")
 
     def _subscribe(self, topic: str, pubs: list[Any], graph_types: list[str]) -> None:
         from smiling_ros.ros.msgs import message_class
 
+        if topic == "/clock" and topic not in self.types:  # simulated time source, not recorded
+            from rosgraph_msgs.msg import Clock
+
+            qos, desc = self._qos(pubs)
+            self._subs[topic] = self.create_subscription(Clock, topic, self._on_clock, qos)
+            self.get_logger().info(f"following simulated time on /clock ({desc})")
+            return
         msgtype = self.types[topic]
         if not msgtype:
             if len(graph_types) != 1:
@@ -143,53 +225,65 @@ class RecorderNode(Node):
         elif graph_types and msgtype not in graph_types:
             raise UserError(f"topic '{topic}': configured type {msgtype} but publishers offer {', '.join(graph_types)}")
         cls = message_class(msgtype)
-        reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in pubs)
-        latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in pubs)
-        qos = QoSProfile(
-            depth=self.depth, history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+        qos, desc = self._qos(pubs)
         self.writer.add_topic(topic, msgtype)
         self.types[topic] = msgtype
-        if topic == self.marker_topic and msgtype == _KNOWN_TYPES["episode"]:
-            callback = self._marker_callback(topic)
-        else:
-            writer, now = self.writer, self._now_ns
+        marker = topic == self.marker_topic and msgtype == _KNOWN_TYPES["episode"]
+        self._subs[topic] = self.create_subscription(cls, topic, self._callback(topic, marker), qos, raw=True)
+        self.get_logger().info(f"recording {topic} [{msgtype}] ({desc})")
 
-            def callback(data: bytes, topic: str = topic) -> None:
-                writer.write(topic, now(), data)
+    def _callback(self, topic: str, marker: bool):
+        """The raw-message callback for ``topic``: count sequence gaps, stamp, write."""
+        writer, stamper, lost, last_seq = self.writer, self.stamper, self.lost, self._last_seq
+        lost[topic] = 0
+        on_marker = self._on_marker
 
-        self._subs[topic] = self.create_subscription(cls, topic, callback, qos, raw=True)
-        self.get_logger().info(f"recording {topic} [{msgtype}] ({'reliable' if reliable else 'best effort'}"
-                               f"{', transient local' if latched else ''})")
+        def callback(data: bytes, info: dict) -> None:
+            gid = info["publisher_gid"]["data"]
+            seq = info.get("publication_sequence_number")
+            if seq:
+                key = (topic, gid)
+                prev = last_seq.get(key)
+                if prev is not None and seq > prev + 1:
+                    lost[topic] += seq - prev - 1
+                last_seq[key] = seq
+            if stamper is not None:
+                stamper.add(topic, info["source_timestamp"], data)
+            else:
+                writer.write(topic, info["received_timestamp"] or time.time_ns(), data)
+            if marker:
+                on_marker(data)
 
-    def _marker_callback(self, topic: str):
+        return callback
+
+    def _on_clock(self, msg, info: dict) -> None:
+        self.stamper.clock(msg.clock.sec * 1_000_000_000 + msg.clock.nanosec, info["source_timestamp"] or None)
+
+    def _on_marker(self, data: bytes) -> None:
         from rclpy.serialization import deserialize_message
         from std_msgs.msg import String
 
         from smiling_ros.ros.msgs import parse_episode_marker
 
-        def callback(data: bytes) -> None:
-            self.writer.write(topic, self._now_ns(), data)
-            marker = parse_episode_marker(deserialize_message(data, String).data)
-            if marker is None:
-                return
-            print("EPISODE " + json.dumps(marker, sort_keys=True), flush=True)
-            if marker["event"] == "end":
-                self.episodes_ended += 1
-                if self.max_episodes and self.episodes_ended >= self.max_episodes and self._stop_at is None:
-                    self._stop_at = time.monotonic() + self.drain_s
-
-        return callback
+        marker = parse_episode_marker(deserialize_message(data, String).data)
+        if marker is None:
+            return
+        print("EPISODE " + json.dumps(marker, sort_keys=True), flush=True)
+        if marker["event"] == "end":
+            self.episodes_ended += 1
+            if self.max_episodes and self.episodes_ended >= self.max_episodes and self._stop_at is None:
+                self._stop_at = time.monotonic() + self.drain_s
 
     def close(self) -> None:
         """Close the bag (flushes it; it reads back) and print the summary line."""
         if self.writer is None:
             return
         writer, self.writer = self.writer, None
+        if self.stamper is not None:
+            self.stamper.flush(None)
         writer.close()
-        print("RECORDED " + json.dumps({"output": str(self.output), "storage": self.storage,
-                                        "counts": writer.counts, "episodes": self.episodes_ended}), flush=True)
+        print("RECORDED " + json.dumps({"output": str(self.output), "storage": self.storage, "counts": writer.counts,
+                                        "lost": self.lost, "episodes": self.episodes_ended}), flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

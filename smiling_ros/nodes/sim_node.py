@@ -67,7 +67,7 @@ from rclpy.node import Node
 
 from smiling_ros.errors import UserError
 from smiling_ros.ros import msgs
-from smiling_ros.ros.node_utils import ParamSpec, declare_params, param, run_node
+from smiling_ros.ros.node_utils import ParamSpec, declare_params, param, run_node, steady_clock
 from smiling_ros.ros.qos import EVENTS, SENSOR, STATE
 
 NODE_NAME = "sim_node"
@@ -169,7 +169,7 @@ class SimNode(Node):
         self._started = False
         self._timer = None
         period = 1.0 / (self.rate_hz * (self.time_scale if self.mode == "realtime" else 1.0))
-        self._start_timer = self.create_timer(0.05, self._try_start)
+        self._start_timer = self.create_timer(0.05, self._try_start, clock=steady_clock())
         self._period = period
         self.get_logger().info(
             f"{env_id}: {self.mode} at {self.rate_hz:g} Hz x{self.time_scale:g}, obs {self.env.observation_space.shape}, "
@@ -193,8 +193,8 @@ class SimNode(Node):
         return load_policy(name, device="cpu", obs_dim=obs_dim, act_dim=self.act_dim)
 
     def _state_publishers(self) -> list[Any]:
-        pubs = [self.pub_js, self.pub_obs, self.pub_episode]
-        return pubs + ([self.pub_cmd] if self.pub_cmd is not None else [])
+        pubs = [self.pub_js, self.pub_obs, self.pub_episode, self.pub_cmd, self.pub_clock]
+        return [pub for pub in pubs if pub is not None]
 
     def _try_start(self) -> None:
         if self.wait_for > 0:
@@ -212,7 +212,7 @@ class SimNode(Node):
         self._started = True
         self._begin_episode()
         if self.mode == "realtime":
-            self._timer = self.create_timer(self._period, self._tick)
+            self._timer = self.create_timer(self._period, self._tick, clock=steady_clock())
 
     # ------------------------------------------------------------------ episodes
     def _stamp_ns(self) -> int:
@@ -223,7 +223,7 @@ class SimNode(Node):
     def _advance_clock(self) -> None:
         self.sim_ns += self.dt_ns
         if self.pub_clock is not None:
-            msgs.set_stamp(self._clock_msg.clock, self.sim_ns)
+            msgs.set_time(self._clock_msg.clock, self.sim_ns)
             self.pub_clock.publish(self._clock_msg)
 
     def _publish_state(self) -> None:

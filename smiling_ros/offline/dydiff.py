@@ -54,6 +54,33 @@ def make_schedule(T: int, kind: str) -> NoiseSchedule:
     return NoiseSchedule(T, kind)
 
 
+class X0Parameterised(nn.Module):
+    """Reads a ScoreNet's output as a prediction of the clean window x0 and returns the noise it implies,
+    eps = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t), so the shared ``ddpm_sample`` runs unchanged.
+
+    Why: an eps-predicting MLP over a long flattened window has to reproduce x_t almost exactly at high
+    noise levels; its residual error there is fed back at every ancestral step and the chain drifts
+    (measured on Reacher-v5 windows: sampled states 7 stds off with eps-prediction, vs well inside one
+    with x0-prediction at the same budget). Predicting x0 (as trajectory diffusion models do) makes
+    the high-noise steps exact by construction."""
+
+    def __init__(self, net: ScoreNet, schedule: NoiseSchedule):
+        super().__init__()
+        self.net, self.schedule = net, schedule
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        ab = self.schedule.abar[t].unsqueeze(-1)
+        return (x - ab.sqrt() * self.net(x, t, cond)) / (1 - ab).sqrt()
+
+
+def x0_loss(net: ScoreNet, schedule: NoiseSchedule, x0: torch.Tensor, cond: torch.Tensor,
+            gen: Optional[torch.Generator] = None) -> torch.Tensor:
+    """E_{t, eps} ||net(x_t, t, cond) - x0||^2 (mean over dims and batch)."""
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    return ((net(schedule.q_sample(x0, t, eps), t, cond) - x0) ** 2).mean()
+
+
 PolicyFn = Callable[[torch.Tensor], torch.Tensor]  # (B, ds) robot units -> (B, da) robot units
 
 
@@ -84,8 +111,9 @@ class DyDiffConfig:
     """The ``dydiff`` section of a config file."""
 
     horizon: int = 32  # H: window length in steps (paper 50..100; shorter keeps CPU training short)
-    T: int = 100  # diffusion steps of the window model
+    T: int = 50  # diffusion steps of the window model
     schedule: str = "linear"  # linear (betas scaled to T) | cosine
+    predict: str = "x0"  # window net output: x0 (clean window) | eps (noise)
     hidden: int = 512  # window score net
     layers: int = 3
     steps: int = 20000  # window model gradient steps
@@ -124,6 +152,8 @@ class DyDiffConfig:
                 raise UserError(f"{where}.{name}: must be in [0, 1], got {v}")
         if self.schedule not in ("linear", "cosine"):
             raise UserError(f"{where}.schedule: 'linear' or 'cosine', got '{self.schedule}'")
+        if self.predict not in ("x0", "eps"):
+            raise UserError(f"{where}.predict: 'x0' or 'eps', got '{self.predict}'")
         if self.reward not in ("auto", "learned", "cost"):
             raise UserError(f"{where}.reward: 'auto', 'learned' or 'cost', got '{self.reward}'")
 
@@ -273,7 +303,8 @@ class WorldModel:
     def sample_window(self, s0: torch.Tensor, actions: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
         """States of the window (B, H, ds) (row 0 is s0) sampled given s0 and a_0..a_{H-2} (B, H-1, da)."""
         B = s0.shape[0]
-        x = ddpm_sample(self.net, self.schedule, (B, (self.H - 1) * self.obs_dim), self.window_cond(s0, actions),
+        eps_net = X0Parameterised(self.net, self.schedule) if self.cfg.predict == "x0" else self.net
+        x = ddpm_sample(eps_net, self.schedule, (B, (self.H - 1) * self.obs_dim), self.window_cond(s0, actions),
                         generator=gen, device=torch.device("cpu"))
         off = self.win_norm.unnormalize(x).view(B, self.H - 1, self.obs_dim)
         return torch.cat([s0.unsqueeze(1), s0.unsqueeze(1) + off], 1)
@@ -401,7 +432,10 @@ def train_world_model(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.
     bar = tqdm(range(cfg.steps), desc="dydiff: window diffusion", disable=not progress, mininterval=1.0)
     for step in bar:
         idx = next(it)
-        loss = denoising_loss(net, sched, X[idx], C[idx])
+        if cfg.predict == "x0":
+            loss = x0_loss(net, sched, X[idx], C[idx], gen)
+        else:
+            loss = denoising_loss(net, sched, X[idx], C[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

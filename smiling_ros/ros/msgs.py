@@ -76,7 +76,13 @@ def joint_state(names: Sequence[str], position: np.ndarray, velocity: Optional[n
 
 
 def set_stamp(header, stamp_ns: int) -> None:
-    header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    """Set ``header.stamp`` to ``stamp_ns`` nanoseconds."""
+    set_time(header.stamp, stamp_ns)
+
+
+def set_time(time_msg, stamp_ns: int) -> None:
+    """Set a builtin_interfaces/Time to ``stamp_ns`` nanoseconds."""
+    time_msg.sec, time_msg.nanosec = divmod(int(stamp_ns), 1_000_000_000)
 
 
 def string_msg(text: str):

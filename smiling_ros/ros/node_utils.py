@@ -48,6 +48,14 @@ def param(node, spec: ParamSpec, name: str, default: Any = None) -> Any:
     return value
 
 
+def steady_clock():
+    """A steady clock for timers that must run in wall time even with ``use_sim_time`` (polling,
+    real-time pacing): a timer on the node's clock would stop while /clock is silent."""
+    from rclpy.clock import Clock, ClockType
+
+    return Clock(clock_type=ClockType.STEADY_TIME)
+
+
 def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = None) -> int:
     """Init rclpy, build the node with ``factory()`` and spin it until SIGINT/SIGTERM or until the
     node sets ``node.done``; then call ``node.close()`` (if it has one) and shut down.

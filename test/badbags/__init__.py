@@ -155,9 +155,10 @@ def episode_messages(t_start_ns: int, seconds: float, rates: Rates = Rates(),
 
 def demo_bag(path: Path, storage: str = "mcap", episodes: int = 3, seconds: float = 2.0,
              pause_s: float = 1.5, markers: bool = False, actions: bool = True,
-             success: Optional[list[bool]] = None, rates: Rates = Rates()) -> dict:
+             success: Optional[list[bool]] = None, rates: Rates = Rates(), ballast: int = 0) -> dict:
     """A recording of ``episodes`` episodes of ``seconds`` each separated by ``pause_s`` of silence.
-    Returns {'path', 'starts_ns', 'ends_ns', 'messages'}."""
+    ``ballast`` > 0 adds a 10 Hz ``/ballast`` topic of that many float64s per message (big bags:
+    the MCAP writer closes a chunk every MiB). Returns {'path', 'starts_ns', 'ends_ns', 'messages'}."""
     msgs = []
     starts, ends = [], []
     t = T0 + 500_000_000
@@ -165,6 +166,9 @@ def demo_bag(path: Path, storage: str = "mcap", episodes: int = 3, seconds: floa
         ep = episode_messages(t, seconds, rates)
         if not actions:
             ep = [m for m in ep if m[0] != CMD]
+        if ballast:
+            blob = float_array(np.zeros(ballast))
+            ep += [("/ballast", t + k * 100_000_000 + 2_000_000, blob) for k in range(int(seconds * 10))]
         if markers:
             msgs.append((MARKERS, t - 1_000_000, marker("start", e)))
             end_t = max(m[1] for m in ep) + 1_000_000

@@ -1,0 +1,40 @@
+"""`smiling-ros train-bc --config CFG --dataset DIR --out RUN_DIR`: behavioural cloning baseline
+(state-action demos; options in smiling.bc). Writes RUN_DIR/policy.safetensors (mlp_policy)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="task config (YAML file or shipped name)")
+    p.add_argument("--dataset", required=True, help="demonstration dataset with actions")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=int, default=None, help="gradient steps (default: smiling.bc.steps)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from smiling_ros.config import load_config
+    from smiling_ros.dataset import Dataset
+    from smiling_ros.smiling.bc import train_bc
+
+    cfg = load_config(args.config)
+    ds = Dataset.load(args.dataset)
+    path = train_bc(cfg, ds, args.out, steps=args.steps, device=args.device, progress=not args.no_progress,
+                    seed=args.seed)
+    s = json.loads((Path(args.out) / "summary.json").read_text())
+    ev = s.get("final_eval") or {}
+    line = f"bc: {s['steps']} steps, loss {s['final_loss']:.4f}, policy {path}"
+    if ev:
+        line += f"; eval return {float(ev['mean_return']):.1f}"
+        if ev.get("normalized_return"):
+            line += f", normalised {float(ev['normalized_return']):.2f}"
+        if ev.get("success_rate"):
+            line += f", success {float(ev['success_rate']):.2f}"
+    print(line)
+    return 0

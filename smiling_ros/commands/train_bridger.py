@@ -1,0 +1,99 @@
+"""`smiling-ros train-bridger`: train a BRIDGER action refiner from a dataset and a source.
+
+    smiling-ros train-bridger --config arm_reach --dataset demos/ --source heuristic --out bridger.safetensors
+
+Writes OUT (.safetensors + .json sidecar, self-contained: the source is embedded), OUT.train.csv
+(losses), OUT.train.png (loss plot), and with --eval-episodes > 0 OUT.eval.json (success rate /
+return in the task's env for each step count of bridger.eval_steps). ``--source cvae`` also
+writes the CVAE as OUT.cvae.safetensors (reusable later as ``--source OUT.cvae.safetensors``).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="task config (file or shipped name, e.g. arm_reach)")
+    p.add_argument("--dataset", required=True, help="dataset directory with actions (import-bag / rollout output)")
+    p.add_argument("--source", default=None,
+                   help="gaussian | cvae | heuristic | a policy checkpoint (mlp_policy, cvae); default: bridger.source")
+    p.add_argument("--out", required=True, help="output checkpoint path (.safetensors)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps N stored in the checkpoint (default bridger.steps)")
+    p.add_argument("--train-steps", type=int, default=None, help="gradient steps (default bridger.train_steps)")
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help="episodes per step count for evaluation in the env (default bridger.eval_episodes; 0: none)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default bridger.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from smiling_ros.bridger.train import action_bounds, evaluate_steps, load_section, make_source, train_bridger
+    from smiling_ros.checkpoint import atomic_write_text
+    from smiling_ros.config import load_config
+    from smiling_ros.dataset import Dataset
+    from smiling_ros.device import select_device
+    from smiling_ros.errors import UserError
+
+    cfg = load_config(args.config)
+    sec = load_section(cfg)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UserError(f"--steps: must be >= 1, got {args.steps}")
+        sec = dataclasses.replace(sec, steps=args.steps)
+    if args.train_steps is not None:
+        if args.train_steps < 1:
+            raise UserError(f"--train-steps: must be >= 1, got {args.train_steps}")
+        sec = dataclasses.replace(sec, train_steps=args.train_steps)
+    episodes = sec.eval_episodes if args.eval_episodes is None else args.eval_episodes
+    if episodes < 0:
+        raise UserError(f"--eval-episodes: must be >= 0, got {episodes}")
+    seed = cfg.seed if args.seed is None else args.seed
+    device = select_device(args.device or sec.device)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+
+    ds = Dataset.load(args.dataset)
+    ds.require_actions("train-bridger")
+    task = ds.meta.get("task") or ""
+    if task and cfg.task.env and task != cfg.task.env:
+        raise UserError(f"{args.dataset}: recorded for task '{task}', but {cfg.path} is for '{cfg.task.env}'")
+    low, high, bounds_from = action_bounds(cfg, ds)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = args.source or sec.source
+    progress = not args.no_progress
+    print(f"train-bridger: {ds.num_episodes} episodes, {len(ds.obs)} steps, obs {ds.obs_dim}, act {ds.act_dim}; "
+          f"source {spec}; bounds from {bounds_from}; device {device}")
+    source = make_source(spec, ds, cfg, sec, seed=seed, out=out, progress=progress, device=device)
+    policy = train_bridger(ds, source, sec, low, high, seed=seed, progress=progress,
+                           log_path=out.with_suffix(".train.csv"), device=device,
+                           meta={"task": task or cfg.task.env, "config": cfg.to_dict(), "source_spec": spec})
+    path = policy.save(out)
+    print(f"train-bridger: wrote {path} (log {out.with_suffix('.train.csv')}, plot {out.with_suffix('.train.png')})")
+
+    if episodes and cfg.task.env:
+        from smiling_ros.envs import ARM_REACH, make_env_from_config, passing_side
+
+        side_fn = passing_side if cfg.task.env == ARM_REACH else None
+        rows = evaluate_steps(policy, lambda: make_env_from_config(cfg), list(sec.eval_steps), episodes,
+                              seed=seed + 10_000, side_fn=side_fn, progress=progress)
+        atomic_write_text(out.with_suffix(".eval.json"),
+                          json.dumps({"checkpoint": str(path), "source": source.name, "results": rows}, indent=1))
+        print(f"{'steps':>5} {'success':>8} {'return':>14}" + ("  sides (L/R/none)" if side_fn else ""))
+        for r in rows:
+            sr = "-" if r["success_rate"] is None else f"{r['success_rate']:.2f}"
+            line = f"{r['steps']:>5} {sr:>8} {r['mean_return']:>8.2f}±{r['std_return']:<5.2f}"
+            if side_fn:
+                s = r["sides"]
+                line += f"  {s['left']}/{s['right']}/{s['none']}"
+            print(line)
+        print(f"train-bridger: evaluation in {out.with_suffix('.eval.json')}")
+    return 0
