@@ -30,7 +30,7 @@ setup(
         "gymnasium[mujoco]>=1.0",
         "stable-baselines3>=2.3",
         "safetensors>=0.4",
-        "rosbags>=0.10",
+        "rosbags>=0.11",  # storage readers open bare .mcap/.db3 files (adapters/bag.py)
         "transforms3d>=0.4",
         "tqdm>=4.60",
         "matplotlib>=3.7",

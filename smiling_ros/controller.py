@@ -48,7 +48,7 @@ from smiling_ros.errors import UserError
 WATCHDOG_WAITING, WATCHDOG_OK, WATCHDOG_STALE = "waiting", "ok", "stale"
 ON_STALE = ("stop", "hold")
 STOP_ACTIONS = ("zero", "none")
-EXECUTORS = ("single", "events", "multi")
+EXECUTORS = ("auto", "single", "events", "multi")
 
 
 # --------------------------------------------------------------------------- settings
@@ -63,13 +63,17 @@ class ControllerSection:
     on_stale: ``stop`` (publish nothing) or ``hold`` (republish the last command).
     stop_action: ``zero`` (one all-zero command when stopping) or ``none`` (see module doc).
     device: torch device for inference, ``auto`` = CUDA where present.
-    executor: ROS executor: ``single`` (SingleThreadedExecutor), ``events`` (rclpy's
-        experimental EventsExecutor, lowest overhead) or ``multi`` (MultiThreadedExecutor,
-        control timer in its own callback group).
+    executor: ROS executor: ``events`` (rclpy's EventsExecutor, ROS 2 Kilted and later: the
+        lowest overhead, measured in bench/closed_loop), ``single`` (SingleThreadedExecutor),
+        ``multi`` (MultiThreadedExecutor, control timer in its own callback group) or ``auto``
+        (events where rclpy has it, else single).
     follow_announcements: load checkpoints announced on ``topics.policy`` (hot swap).
     diagnostics_period_s: period of the /diagnostics status [s].
     observation_max_abs: an observation element beyond this magnitude is treated like NaN (no
         command); None = no bound.
+    sched_priority: 0 = normal scheduling; 1..99 = Linux SCHED_FIFO real-time priority for the
+        control thread and the executor's threads (needs CAP_SYS_NICE or an rtprio limit; if
+        refused, a warning and normal scheduling). Checkpoint loading stays at normal priority.
     """
 
     control_rate_hz: Optional[float] = None
@@ -78,10 +82,11 @@ class ControllerSection:
     on_stale: str = "stop"
     stop_action: str = "zero"
     device: str = "auto"
-    executor: str = "single"
+    executor: str = "auto"
     follow_announcements: bool = True
     diagnostics_period_s: float = 1.0
     observation_max_abs: Optional[float] = None
+    sched_priority: int = 0
 
     def validate(self, where: str) -> None:
         check_settings(self, where)
@@ -113,6 +118,8 @@ def check_settings(s: Any, where: str) -> None:
         raise UserError(f"{key('executor')}: one of {', '.join(EXECUTORS)}, got '{s.executor}'")
     if not s.diagnostics_period_s > 0:
         raise UserError(f"{key('diagnostics_period_s')}: must be > 0, got {s.diagnostics_period_s}")
+    if not 0 <= s.sched_priority <= 99:
+        raise UserError(f"{key('sched_priority')}: 0 (normal) or a SCHED_FIFO priority 1..99, got {s.sched_priority}")
     if s.observation_max_abs is not None and not s.observation_max_abs > 0:
         raise UserError(f"{key('observation_max_abs')}: must be > 0, got {s.observation_max_abs}")
 
@@ -133,6 +140,7 @@ class ControllerSettings:
     follow_announcements: bool
     diagnostics_period_s: float
     observation_max_abs: Optional[float]
+    sched_priority: int
     command_topic: str
     policy_topic: str
     episode_topic: str
@@ -701,6 +709,25 @@ def _torch_inference_mode() -> Callable[[], Any]:
         return contextlib.nullcontext
 
 
+# --------------------------------------------------------------------------- scheduling
+def set_sched_priority(priority: int) -> Optional[str]:
+    """Run the calling thread (and threads it starts later) under SCHED_FIFO at ``priority``
+    (1..99), or back under normal scheduling with 0. Returns a warning line if refused."""
+    import os
+
+    if not hasattr(os, "sched_setscheduler"):
+        return "sched_priority: real-time scheduling is not available on this system; running normally"
+    try:
+        if priority > 0:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(priority)))
+        elif os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (PermissionError, OSError) as exc:
+        return (f"sched_priority {priority}: refused by the system ({exc.strerror or exc}); running with normal "
+                "scheduling (grant CAP_SYS_NICE or an rtprio limit)")
+    return None
+
+
 # --------------------------------------------------------------------------- background loading
 class PolicyLoader:
     """Loads announced checkpoints on a background thread; the newest request wins.
@@ -735,6 +762,7 @@ class PolicyLoader:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        set_sched_priority(0)  # loading must never compete with a real-time control thread
         while True:
             with self._cv:
                 while self._pending is None and not self._closed:

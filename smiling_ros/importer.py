@@ -13,7 +13,9 @@ Pipeline:
 3. Episodes are time intervals ``[a, b]`` (bag receive time, ns): from the episode markers on
    ``topics.episode`` when the bag has them (std_msgs/String JSON
    ``{"event": "start"|"end", "episode": k, "success": bool}``), otherwise the maximal intervals in
-   which no observation topic is silent for longer than ``gap_s`` (:func:`gap_intervals`).
+   which no observation topic is silent for longer than ``gap_s`` (:func:`gap_intervals`). Marked
+   episodes are also cut where the state stream stops for longer than ``gap_s`` (a dropout is never
+   bridged by holding stale values; :func:`intersect_intervals`).
 4. Each episode is resampled on a fixed grid by zero-order hold (:func:`zoh`): the episode becomes
    *ready* at the first time every field (observations and actions) has a message inside it; grid
    points are ``ready + (k + phase) / rate`` for ``k = 0, 1, ...`` up to ``b``, and each field
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 MARKER_TYPE = "std_msgs/msg/String"
 PHASE = 0.5  # grid offset after the ready time, in periods
+MAX_ROWS = 50_000_000  # dataset rows an import may produce (guards against absurd rates/stamps)
 
 
 # --------------------------------------------------------------------------- pure resampling
@@ -252,6 +255,23 @@ def marker_intervals(markers: list[tuple[int, dict[str, Any]]], end_ns: int) -> 
     return out, stray
 
 
+def intersect_intervals(marked: list[Interval], state: list[Interval]) -> tuple[list[Interval], int]:
+    """Marked episodes cut to where the state stream runs (no observation topic silent for more
+    than gap_s): a marked episode spanning a dropout becomes several pieces with its marker info.
+    Returns the pieces and how many marked episodes were split."""
+    out: list[Interval] = []
+    split = 0
+    for m in marked:
+        pieces = [
+            Interval(max(m.start_ns, s.start_ns), min(m.end_ns, s.end_ns), m.episode, m.success)
+            for s in state
+            if s.start_ns <= m.end_ns and s.end_ns >= m.start_ns
+        ]
+        split += len(pieces) > 1
+        out += pieces
+    return out, split
+
+
 # --------------------------------------------------------------------------- import
 def _positive(value: Optional[float], what: str) -> None:
     if value is None:
@@ -380,8 +400,11 @@ def import_bag(
         max_abs = cfg.import_.max_abs
         obs_asm = VectorAssembler(cfg.observation, max_abs=max_abs, types=obs_types)
         act_asm = VectorAssembler(cfg.action, max_abs=max_abs, types=act_types) if has_actions else None
-        obs_series = [Series(capacity=reader.topics[s.topic].count) for s in cfg.observation]
-        act_series = [Series(capacity=reader.topics[s.topic].count) for s in cfg.action] if has_actions else []
+        # counts come from the bag's index (untrusted): a first guess only, the series grow as needed
+        obs_series = [Series(capacity=min(reader.topics[s.topic].count, 1 << 16)) for s in cfg.observation]
+        act_series = (
+            [Series(capacity=min(reader.topics[s.topic].count, 1 << 16)) for s in cfg.action] if has_actions else []
+        )
         wanted = set(obs_types) | set(act_types if has_actions else ()) | ({marker_topic} if use_markers else set())
         total = sum(reader.topics[t].count for t in wanted)
         markers: list[tuple[int, dict[str, Any]]] = []
@@ -445,18 +468,28 @@ def import_bag(
             raise UserError(f"{bag}: no complete observation: topic '{spec.topic}' has no messages")
 
     stray = 0
+    split_markers = 0
+    obs_topic_times = []
+    seen_topics: set[str] = set()
+    for spec, (t, _) in zip(cfg.observation, obs_arrays):
+        if spec.topic not in seen_topics:
+            seen_topics.add(spec.topic)
+            obs_topic_times.append(t)
+    state_intervals = [Interval(a, b) for a, b in gap_intervals(obs_topic_times, gap_ns)]
     if use_markers:
-        intervals, stray = marker_intervals(markers, bag_end)
-        if not intervals:
+        marked, stray = marker_intervals(markers, bag_end)
+        if not marked:
             raise UserError(f"{bag}: episode markers on '{marker_topic}' contain no 'start' event")
+        intervals, split_markers = intersect_intervals(marked, state_intervals)
+        if split_markers:
+            log(f"note: {split_markers} marked episode(s) split where the state stream stops for more than {gap:g} s")
     else:
-        obs_topic_times = []
-        seen_topics: set[str] = set()
-        for spec, (t, _) in zip(cfg.observation, obs_arrays):
-            if spec.topic not in seen_topics:
-                seen_topics.add(spec.topic)
-                obs_topic_times.append(t)
-        intervals = [Interval(a, b) for a, b in gap_intervals(obs_topic_times, gap_ns)]
+        intervals = state_intervals
+    n_rows = sum(max(0, iv.end_ns - iv.start_ns) for iv in intervals) / period_ns
+    if n_rows > MAX_ROWS:
+        raise UserError(
+            f"{bag}: {n_rows:.3g} rows at {rate:g} Hz exceed the limit of {MAX_ROWS:g} (lower --rate)"
+        )
 
     min_steps = cfg.import_.min_episode_steps
     kept: list[ResampledEpisode] = []
@@ -516,6 +549,7 @@ def import_bag(
         "min_episode_steps": min_steps,
         "dropped_episodes": dropped,
         "stray_markers": stray,
+        "split_marked_episodes": split_markers,
         "episodes": [
             {
                 "start_ns": int(ep.grid[0]),

@@ -258,11 +258,14 @@ def test_estop_stops_commanding_until_released(setup):
     t0 = time.monotonic()
     resp = h.call_estop(True)
     assert resp.success and "engaged" in resp.message
-    t1 = time.monotonic()
-    time.sleep(0.5)
-    after = h.since(t1)
-    assert [a.tolist() for _, a in after] == [[0.0, 0.0]] or \
-        ([a.tolist() for _, a in h.since(t0)][-1] == [0.0, 0.0] and not after), after
+    time.sleep(0.5)  # observations keep arriving all along
+    after = h.since(t0)
+    zeros = [t for t, a in after if not np.any(a)]
+    assert len(zeros) == 1, after  # one stop command ...
+    assert all(t < zeros[0] for t, a in after if np.any(a)), after  # ... and nothing after it
+    n = len(h.diagnostics)
+    status = h.wait_for(lambda: [d for d in h.diagnostics[n:]], 5, "/diagnostics while engaged")[0]
+    assert {kv.key: kv.value for kv in status.values}["estop"] == "true" and "e-stop" in status.message
     assert h.call_estop(False).success
     t2 = time.monotonic()
     h.wait_for(lambda: [a for _, a in h.since(t2) if np.any(a != 0)], 5, "commands after release")
@@ -373,3 +376,60 @@ def test_bad_parameters_fail_configure_with_one_line(tmp_path):
         assert "Traceback" not in out, out
         lines = [ln for ln in out.splitlines() if ln.strip()]
         assert len(lines) == 1 and cases[k][1] in lines[0] and "configure failed" in lines[0], (k, out)
+
+
+def test_lifecycle_driven_over_services_like_a_launch_file(tmp_path):
+    """autostart:=false: the node waits unconfigured; ChangeState requests (what launch_ros sends)
+    configure, activate, deactivate (one stop command, then silence), clean up and shut it down."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    from smiling_ros.rosenv import child_env
+
+    pols = make_policies(tmp_path)
+    cfg = write_config(tmp_path, follow_announcements=False)
+    domain = other_domain()
+    h = Harness(domain_id=domain)
+    proc = start_controller(child_env(domain_id=domain), tmp_path / "c.log", f"config:={cfg}",
+                            f"checkpoint:={pols['a']}", "autostart:=false")
+    try:
+        change = h.node.create_client(ChangeState, "/controller_node/change_state")
+        get = h.node.create_client(GetState, "/controller_node/get_state")
+        assert change.wait_for_service(timeout_sec=40) and get.wait_for_service(timeout_sec=10)
+
+        def call(client, req):
+            fut = client.call_async(req)
+            return h.wait_for(lambda: fut.result() if fut.done() else None, 20, f"{client.srv_name}")
+
+        def transition(tid):
+            return call(change, ChangeState.Request(transition=Transition(id=tid))).success
+
+        def state():
+            return call(get, GetState.Request()).current_state.label
+
+        h.obs = np.array([0.3, -0.2, 0.1])
+        assert state() == "unconfigured"
+        time.sleep(0.3)
+        assert h.since(0) == []  # nothing before activation
+        assert transition(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
+        time.sleep(0.3)
+        assert h.since(0) == []
+        assert transition(Transition.TRANSITION_ACTIVATE) and state() == "active"
+        h.wait_for(lambda: len(h.since(0)) >= 5, 10, "commands once active")
+        assert transition(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+        t_off = time.monotonic()
+        time.sleep(0.4)
+        cmds = h.since(0)
+        assert np.array_equal(cmds[-1][1], [0.0, 0.0]) and cmds[-1][0] < t_off + 0.1  # one stop, then silence
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        t_on = time.monotonic()
+        h.wait_for(lambda: len(h.since(t_on)) >= 3, 10, "commands after re-activation")
+        assert transition(Transition.TRANSITION_DEACTIVATE) and transition(Transition.TRANSITION_CLEANUP)
+        assert state() == "unconfigured"
+        assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        assert proc.wait(15) == 0  # finalized: the process exits by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        h.close()
+    assert "Traceback" not in (tmp_path / "c.log").read_text()

@@ -131,6 +131,24 @@ def test_markers_open_episode_and_stray_end(tmp_path, capsys):
     check_against_messages(ds, msgs)
 
 
+def test_marked_episode_with_state_dropout_is_split(tmp_path, capsys):
+    """A marked episode whose state stream stops for longer than gap_s is cut at the dropout
+    instead of holding stale values across it."""
+    msgs = episode_messages(T0, 1.0) + episode_messages(T0 + 2_000_000_000, 1.0)
+    msgs += [(MARKERS, T0 - 1, marker("start", 4)), (MARKERS, T0 + 3_100_000_000, marker("end", 4, True))]
+    msgs.sort(key=lambda m: m[1])
+    write_bag(tmp_path / "bag", msgs)
+    rc, out, err = run_cli(capsys, tmp_path / "bag", "--config", write_config(tmp_path / "c.yaml", gap_s=0.5),
+                           "--out", tmp_path / "ds", "--no-progress")
+    assert rc == 0, err
+    assert "1 marked episode(s) split" in out
+    ds = Dataset.load(tmp_path / "ds")
+    assert ds.num_episodes == 2 and ds.meta["split_marked_episodes"] == 1
+    assert [e["marker_episode"] for e in ds.meta["episodes"]] == [4, 4] and ds.success.tolist() == [True, True]
+    assert all(e["end_ns"] <= T0 + 1_000_000_000 or e["start_ns"] >= T0 + 2_000_000_000 for e in ds.meta["episodes"])
+    check_against_messages(ds, msgs)
+
+
 def test_state_only_bag_and_rate_and_gap_overrides(tmp_path, capsys):
     info = demo_bag(tmp_path / "bag", "mcap", episodes=2, seconds=1.0, pause_s=1.0, actions=False)
     cfg = write_config(tmp_path / "cfg.yaml")

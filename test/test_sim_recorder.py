@@ -209,7 +209,6 @@ def test_lockstep_one_step_per_command_and_reset(tmp_path, ros_env, ros_node):
             spin_until(executor, lambda: len(obs) == n0 + min(k + 1, 6), 5)
         spin_until(executor, lambda: False, 0.3)
         assert len(obs) == n0 + 6
-        ends = [m for m in markers if m["event"] == "end" and m["episode"] == info["episode"]]
         assert spin_until(executor, lambda: any(m["event"] == "end" and m["episode"] == info["episode"]
                                                  for m in markers), 5)
         res2 = call_reset()
@@ -265,3 +264,78 @@ def test_record_demos_bad_input(tmp_path, ros_env):
                   str(tmp_path / "y"), env=ros_env)
     assert res.returncode == 2 and "config file not found" in res.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_realtime_holds_last_command_and_resets(tmp_path, ros_env, ros_node):
+    from std_msgs.msg import Float64MultiArray, String
+    from std_srvs.srv import Trigger
+
+    from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
+
+    node, executor = ros_node
+    cfg = write_config(tmp_path, task={"env": "smiling_ros/ArmReach-v0", "max_episode_steps": 1000})
+    sim = Node("sim_node", {"config": str(cfg), "rate_hz": 50.0}, ros_env, tmp_path)
+    try:
+        obs, markers = [], []
+        node.create_subscription(Float64MultiArray, "/observation", lambda m: obs.append(np.array(m.data)), SENSOR)
+        node.create_subscription(String, "/test/episode", lambda m: markers.append(json.loads(m.data)), EVENTS)
+        pub = node.create_publisher(Float64MultiArray, "/forward_command_controller/commands", COMMAND)
+        reset = node.create_client(Trigger, "/sim_node/reset")
+        assert spin_until(executor, lambda: len(obs) > 3 and reset.service_is_ready(), 20)
+        assert np.allclose(obs[-1][2:4], 0, atol=0.05)  # no command yet: zero velocity
+        pub.publish(Float64MultiArray(data=[0.4, -0.4]))  # one command, held at every tick
+        n = len(obs)
+        assert spin_until(executor, lambda: len(obs) > n + 10, 10)
+        held = np.array(obs[n + 5:])
+        assert np.allclose(held[:, 2], 0.6, atol=0.05) and np.allclose(held[:, 3], -0.6, atol=0.05)
+        future = reset.call_async(Trigger.Request())
+        assert spin_until(executor, future.done, 10) and future.result().success
+        episode = json.loads(future.result().message)["episode"]
+        assert spin_until(executor, lambda: any(m["event"] == "start" and m["episode"] == episode for m in markers), 5)
+        end = [m for m in markers if m["event"] == "end"]
+        assert end and end[-1]["episode"] == episode - 1 and end[-1]["reason"] == "reset"
+        n = len(obs)
+        assert spin_until(executor, lambda: len(obs) > n + 5, 10)
+        assert np.allclose(obs[-1][2:4], 0, atol=0.05)  # the held command is cleared by a reset
+    finally:
+        assert sim.stop(signal.SIGINT) == 0, sim.stderr()
+
+
+def test_message_classes_and_markers():
+    from smiling_ros.errors import UserError
+    from smiling_ros.ros.msgs import episode_marker, message_class, parse_episode_marker
+
+    assert message_class("sensor_msgs/msg/JointState").__name__ == "JointState"
+    assert message_class("std_msgs/Float64MultiArray").__name__ == "Float64MultiArray"
+    for bad, words in (("no_such_pkg/msg/X", "not installed"), ("std_msgs/msg/NoSuch", "has no msg"),
+                       ("JointState", "expected")):
+        with pytest.raises(UserError, match=words):
+            message_class(bad)
+    m = parse_episode_marker(episode_marker("end", 3, success=True).data)
+    assert m == {"event": "end", "episode": 3, "success": True}
+    assert parse_episode_marker("not json") is None and parse_episode_marker('{"event": "x"}') is None
+
+
+def test_sim_time_stamper_orders_by_source_time():
+    from smiling_ros.nodes.recorder_node import SimTimeStamper
+
+    class Sink:
+        def __init__(self):
+            self.rows = []
+
+        def write(self, topic, t, data):
+            self.rows.append((topic, t, data))
+
+    sink = Sink()
+    st = SimTimeStamper(sink)
+    st.clock(1000, source_ns=10)
+    st.add("/obs", 12, b"a")  # published after clock 1000 (at wall 10): waits for the next /clock
+    st.add("/cmd", 21, b"b")  # arrives before the /clock it follows
+    assert sink.rows == []
+    st.clock(2000, source_ns=20)
+    assert sink.rows == [("/obs", 1000, b"a")]
+    st.clock(3000, source_ns=30)
+    assert sink.rows[-1] == ("/cmd", 2000, b"b")
+    st.add("/obs", 35, b"c")
+    st.flush(None)  # closing: everything goes out with the last known time
+    assert sink.rows[-1] == ("/obs", 3000, b"c")

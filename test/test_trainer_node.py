@@ -60,7 +60,9 @@ def files(tmp_path_factory):
     }
     data["expert"] = {"checkpoint": "scripted", "reference_episodes": 1}
     (d / "tiny.yaml").write_text(yaml.safe_dump(data))
-    return {"dir": d, "config": str(d / "tiny.yaml"), "demos": str(d / "demos")}
+    data["smiling"]["eval_episodes"] = 0  # no periodic evaluation: faster where it is not under test
+    (d / "tiny_noeval.yaml").write_text(yaml.safe_dump(data))
+    return {"dir": d, "config": str(d / "tiny.yaml"), "noeval": str(d / "tiny_noeval.yaml"), "demos": str(d / "demos")}
 
 
 def child(ros_env) -> dict:
@@ -74,8 +76,8 @@ def start_node(module: str, env: dict, log: Path, *params: str) -> subprocess.Po
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def trainer_params(files, out: Path, *extra: str) -> list[str]:
-    return [f"config:={files['config']}", f"dataset:={files['demos']}", f"out_dir:={out}", "device:=auto", *extra]
+def trainer_params(files, out: Path, *extra: str, config: str = "config") -> list[str]:
+    return [f"config:={files[config]}", f"dataset:={files['demos']}", f"out_dir:={out}", "device:=auto", *extra]
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
@@ -188,7 +190,8 @@ def test_ros_backend_trains_against_sim_node_and_announces_policies(files, tmp_p
     log = tmp_path / "trainer.log"
     steps = 120
     trainer = start_node("trainer_node", env, log,
-                         *trainer_params(files, out, "backend:=ros", f"steps:={steps}", "timeout_s:=20.0"))
+                         *trainer_params(files, out, "backend:=ros", f"steps:={steps}", "timeout_s:=20.0",
+                                         config="noeval"))
     try:
         rc = trainer.wait(90)
     finally:
@@ -249,7 +252,7 @@ def test_sigkill_then_resume_continues_to_the_same_step_count(files, tmp_path, r
     total = 200
     log1 = tmp_path / "trainer1.log"
     p1 = start_node("trainer_node", child(ros_env), log1,
-                    *trainer_params(files, out, f"steps:={total}"))
+                    *trainer_params(files, out, f"steps:={total}", config="noeval"))
     try:
         first = wait_until(lambda: state_step(out), 60, "first checkpoint", p1, log1)
         p1.send_signal(signal.SIGKILL)
@@ -260,7 +263,7 @@ def test_sigkill_then_resume_continues_to_the_same_step_count(files, tmp_path, r
     assert killed_at is not None and first <= killed_at < total, "the run finished before it was killed"
     log3 = tmp_path / "trainer3.log"
     p3 = start_node("trainer_node", child(ros_env), log3,
-                    *trainer_params(files, out, f"steps:={total}", "resume:=true"))
+                    *trainer_params(files, out, f"steps:={total}", "resume:=true", config="noeval"))
     try:
         rc = p3.wait(90)
     finally:

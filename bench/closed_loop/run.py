@@ -18,9 +18,15 @@ The monitor adds what the robot saw: commands/s received, observations/s the sim
 published, and the longest gap between two commands.
 
 Default policy: a BRIDGER checkpoint (heuristic source, the config's architecture) trained
-briefly here on scripted-expert demonstrations (bench/closed_loop/out/bridger.safetensors,
-reused when present). Timing does not depend on how well it is trained; pass --checkpoint to
-run a fully trained one. Writes bench/closed_loop/results.json and prints a table.
+briefly here on scripted-expert demonstrations (runs/closed_loop/bridger.safetensors, reused
+when present; node logs in runs/closed_loop/logs). Timing does not depend on how well it is
+trained; pass --checkpoint to run a fully trained one. Writes bench/closed_loop/results.json
+and prints a table.
+
+On a machine shared with other work, ``--sched-priority 20`` runs the simulator, the controller
+(its ``sched_priority`` parameter) and the monitor under SCHED_FIFO, as a robot's control
+computer would; compare with the default (normal scheduling). ``--swap-every S`` announces a
+checkpoint every S seconds during the window, to measure hot swaps under load.
 """
 from __future__ import annotations
 
@@ -74,10 +80,10 @@ class Monitor:
     def __init__(self):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from std_msgs.msg import Float64MultiArray
+        from std_msgs.msg import Float64MultiArray, String
         from std_srvs.srv import Trigger
 
-        from smiling_ros.ros.qos import COMMAND, SENSOR
+        from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
 
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
@@ -90,6 +96,8 @@ class Monitor:
         self.node.create_subscription(Float64MultiArray, "/observation", self._on_obs, SENSOR)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.reset_client = self.node.create_client(Trigger, "/controller_node/reset_stats")
+        self.policy_pub = self.node.create_publisher(String, "/smiling_ros/policy", EVENTS)
+        self.String = String
         self.Trigger = Trigger
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
@@ -143,14 +151,20 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> int | None:
 
 
 def run_rate(rate: float, args, ckpt: Path, env: dict, logdir: Path) -> dict:
+    swap_paths = [ckpt, logdir.parent / "swap_copy.safetensors"]
+    if args.swap_every > 0:
+        import shutil
+
+        shutil.copyfile(ckpt, swap_paths[1])
     ros = [sys.executable, "-m"]
+    rt = ["chrt", "-f", str(args.sched_priority)] if args.sched_priority else []
     sim = subprocess.Popen(
-        ros + ["smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach", "-p", "mode:=realtime",
+        rt + ros + ["smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach", "-p", "mode:=realtime",
                "-p", f"rate_hz:={rate}", "-p", "seed:=0"],
         env=env, stdout=open(logdir / f"sim_{rate:g}.log", "w"), stderr=subprocess.STDOUT)
     ctl_params = ["config:=arm_reach", f"checkpoint:={ckpt}", f"control_rate_hz:={rate}",
                   "diagnostics_period_s:=0.5", f"executor:={args.executor}",
-                  f"watchdog_periods:={args.watchdog_periods}"]
+                  f"watchdog_periods:={args.watchdog_periods}", f"sched_priority:={args.sched_priority}"]
     if args.steps:
         ctl_params.append(f"steps:={args.steps}")
     ctl = subprocess.Popen(ros + ["smiling_ros.nodes.controller_node", "--ros-args"]
@@ -168,7 +182,16 @@ def run_rate(rate: float, args, ckpt: Path, env: dict, logdir: Path) -> dict:
             raise RuntimeError("controller_node ~/reset_stats did not answer")
         with mon.lock:
             t0, n_cmd0, n_obs0 = time.monotonic_ns(), len(mon.cmd_times), mon.obs_count
-        time.sleep(args.duration)
+        if args.swap_every > 0:  # hot swaps during the window, alternating between two copies
+            swaps, t_next = 0, time.monotonic() + args.swap_every
+            while time.monotonic() < t0 / 1e9 + args.duration:
+                time.sleep(max(0.0, min(t_next, t0 / 1e9 + args.duration) - time.monotonic()))
+                if time.monotonic() >= t_next:
+                    swaps += 1
+                    mon.policy_pub.publish(mon.String(data=str(swap_paths[swaps % 2])))
+                    t_next += args.swap_every
+        else:
+            time.sleep(args.duration)
         with mon.lock:
             t1, cmd_window, n_obs1 = time.monotonic_ns(), mon.cmd_times[n_cmd0:], mon.obs_count
         t_end = time.monotonic()
@@ -197,6 +220,7 @@ def run_rate(rate: float, args, ckpt: Path, env: dict, logdir: Path) -> dict:
             "commands": int(diag["commands"]),
             "ticks_without_command": ticks - int(diag["commands"]) - int(diag.get("held", 0)),
             "stale_events": int(diag["stale_events"]),
+            "hot_swaps": int(diag["swaps"]),
             "latency_p50_ms": f("latency_p50_ms"),
             "latency_p99_ms": f("latency_p99_ms"),
             "latency_max_ms": f("latency_max_ms"),
@@ -219,8 +243,12 @@ def main() -> int:
     ap.add_argument("--checkpoint", default="", help="policy checkpoint (default: a briefly trained BRIDGER)")
     ap.add_argument("--train-steps", type=int, default=300, help="training steps of the default BRIDGER policy")
     ap.add_argument("--steps", type=int, default=0, help="BRIDGER steps (0: the checkpoint's)")
-    ap.add_argument("--executor", default="single", choices=["single", "events", "multi"])
+    ap.add_argument("--executor", default="events", choices=["auto", "single", "events", "multi"])
     ap.add_argument("--watchdog-periods", type=int, default=2)
+    ap.add_argument("--sched-priority", type=int, default=0,
+                    help="SCHED_FIFO priority for controller_node and sim_node (0: normal scheduling)")
+    ap.add_argument("--swap-every", type=float, default=0.0,
+                    help="announce a checkpoint (hot swap) every S seconds during the window (0: none)")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
 
@@ -229,9 +257,10 @@ def main() -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     env = child_env()
     env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
-    logdir = HERE / "out" / "logs"
+    work = REPO / "runs" / "closed_loop"
+    logdir = work / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(args.checkpoint) if args.checkpoint else HERE / "out" / "bridger.safetensors"
+    ckpt = Path(args.checkpoint) if args.checkpoint else work / "bridger.safetensors"
     if not ckpt.exists():
         if args.checkpoint:
             print(f"closed_loop: error: {ckpt}: checkpoint not found", file=sys.stderr)
@@ -243,6 +272,12 @@ def main() -> int:
     pol = load_policy(ckpt, device="cpu")
     steps = args.steps or getattr(pol, "steps", None)
 
+    if args.sched_priority:  # the monitor too (the simulator and the controller get it as well)
+        from smiling_ros.controller import set_sched_priority
+
+        warning = set_sched_priority(args.sched_priority)
+        if warning:
+            print(f"closed_loop: warning: {warning}", file=sys.stderr)
     results = []
     for rate in args.rates:
         print(f"--- {rate:g} Hz: {args.duration:g} s window after {args.warmup:g} s warm-up", flush=True)
@@ -252,21 +287,23 @@ def main() -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"
     out = {"machine": machine, "python": platform.python_version(), "executor": args.executor,
            "policy": {"path": str(ckpt), "kind": getattr(pol, "kind", type(pol).__name__), "steps": steps},
-           "watchdog_periods": args.watchdog_periods, "duration_s": args.duration,
+           "watchdog_periods": args.watchdog_periods, "duration_s": args.duration, "swap_every_s": args.swap_every,
+           "sched_priority": args.sched_priority,
            "command": " ".join([Path(sys.executable).name] + sys.argv), "results": results}
     Path(args.out).write_text(json.dumps(out, indent=2))
 
-    hdr = (f"{'rate':>6} {'achieved':>9} {'ticks':>7} {'missed':>7} {'no cmd':>7} {'stale':>6} "
+    hdr = (f"{'rate':>6} {'achieved':>9} {'ticks':>7} {'missed':>7} {'no cmd':>7} {'stale':>6} {'swaps':>5} "
            f"{'lat p50':>8} {'lat p99':>8} {'lat max':>8} {'late p99':>9} {'rx cmd/s':>9} {'obs/s':>7} {'max gap':>8}")
-    print(f"\nclosed loop, {out['policy']['kind']} steps={steps}, executor={args.executor}, {machine}")
+    print(f"\nclosed loop, {out['policy']['kind']} steps={steps}, executor={args.executor}, "
+          f"sched_priority={args.sched_priority}, {machine}")
     print(hdr)
     print("  (load average over the runs: " + ", ".join(f"{r['load_average_1min']:.1f}" for r in results)
           + f" on {os.cpu_count()} cores)")
     for r in results:
         c, s = r["controller"], r["robot_side"]
         print(f"{r['rate_hz']:>6g} {c['achieved_rate_hz']:>9.2f} {c['ticks']:>7d} {c['missed_deadlines']:>7d} "
-              f"{c['ticks_without_command']:>7d} {c['stale_events']:>6d} {c['latency_p50_ms']:>8.3f} "
-              f"{c['latency_p99_ms']:>8.3f} {c['latency_max_ms']:>8.2f} {c['lateness_p99_ms']:>9.3f} "
+              f"{c['ticks_without_command']:>7d} {c['stale_events']:>6d} {c['hot_swaps']:>5d} "
+              f"{c['latency_p50_ms']:>8.3f} {c['latency_p99_ms']:>8.3f} {c['latency_max_ms']:>8.2f} {c['lateness_p99_ms']:>9.3f} "
               f"{s['commands_per_s']:>9.1f} {s['observations_per_s']:>7.1f} {s['max_command_gap_ms']:>8.2f}")
     print("(times in ms; 'missed': deadlines missed by the controller's timer loop; 'no cmd': ticks without a "
           "command, stale or invalid input)")

@@ -2,7 +2,8 @@
 
 Every input is a valid small recording (MCAP or sqlite3, with episode markers) mutated by a few
 byte-level edits (flips, overwrites, deletions, insertions, duplications, truncation), written to
-a bare .mcap/.db3 file and imported with :func:`smiling_ros.importer.import_bag`. An input may
+a bare .mcap/.db3 file (or, for the hypothesis engine, a bag directory whose metadata.yaml is the
+mutated part) and imported with :func:`smiling_ros.importer.import_bag`. An input may
 import (the damage missed everything that matters) or fail with :class:`UserError` (one line);
 anything else is a crash (a bug). Crashing inputs are saved under OUT/crashes/.
 
@@ -45,6 +46,9 @@ class Harness:
             info = demo_bag(self.work / f"seed_{storage}", storage, episodes=2, seconds=0.3, pause_s=0.6, markers=True,
                             success=[True, False])
             self.seeds[suffix] = storage_file(info["path"]).read_bytes()
+            if storage == "mcap":  # a directory bag: its metadata.yaml is mutated, the .mcap kept
+                self.seeds["/metadata.yaml"] = (info["path"] / "metadata.yaml").read_bytes()
+                self.dir_storage = storage_file(info["path"]).read_bytes()
         self.cfg = load_config(write_config(self.work / "cfg.yaml", min_steps=1))
         self.counts: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
@@ -55,8 +59,15 @@ class Harness:
         from smiling_ros.errors import UserError
         from smiling_ros.importer import import_bag
 
-        path = self.work / f"input{suffix}"
-        path.write_bytes(data)
+        if suffix == "/metadata.yaml":
+            path = self.work / "dirbag"
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            (path / "seed_mcap.mcap").write_bytes(self.dir_storage)
+            (path / "metadata.yaml").write_bytes(data)
+        else:
+            path = self.work / f"input{suffix}"
+            path.write_bytes(data)
         dst = self.work / "ds"
         t = time.perf_counter()
         try:
@@ -73,7 +84,10 @@ class Harness:
             self.counts["crash"] += 1
             self._crash(data, suffix, "".join(traceback.format_exception_only(type(exc), exc)).strip())
         finally:
-            self.slowest = max(self.slowest, time.perf_counter() - t)
+            took = time.perf_counter() - t
+            if took > self.slowest:
+                self.slowest = took
+                self.slowest_input = (data, suffix)
             shutil.rmtree(dst, ignore_errors=True)
             for p in self.work.glob(".ds.*"):
                 shutil.rmtree(p, ignore_errors=True)
@@ -82,10 +96,11 @@ class Harness:
 
     def _crash(self, data: bytes, suffix: str, what: str) -> None:
         key = hashlib.sha1(data).hexdigest()[:12]
-        self.crashes[key + suffix] = what
+        name = key + suffix.replace("/", "_")
+        self.crashes[name] = what
         d = self.out / "crashes"
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"{key}{suffix}").write_bytes(data)
+        (d / name).write_bytes(data)
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -138,7 +153,8 @@ def run_hypothesis(h: Harness, seconds: float) -> None:
 
     @settings(max_examples=200, deadline=None, phases=[Phase.generate], database=None,
               suppress_health_check=list(HealthCheck))
-    @given(suffix=st.sampled_from([".mcap", ".db3"]), ops=st.lists(op, min_size=1, max_size=6))
+    @given(suffix=st.sampled_from([".mcap", ".mcap", ".db3", ".db3", "/metadata.yaml"]),
+           ops=st.lists(op, min_size=1, max_size=6))
     def target(suffix, ops):
         if time.monotonic() > deadline:
             return
@@ -149,28 +165,38 @@ def run_hypothesis(h: Harness, seconds: float) -> None:
         target()
 
 
-def run_atheris(h: Harness, seconds: float, on_done) -> None:
+def run_atheris(out: Path, seconds: float) -> None:
+    """Instrument the reader path (not torch: only modules loaded before ``instrument_all``),
+    then fuzz for ``seconds``."""
     import atheris
 
-    import rosbags.rosbag2.storage_mcap  # noqa: F401
-    import rosbags.rosbag2.storage_sqlite3  # noqa: F401
-    import rosbags.serde  # noqa: F401
-    import rosbags.typesys  # noqa: F401
+    t0 = time.perf_counter()
+    # coverage feedback from the bag reader path: rosbags and smiling_ros (not numpy/torch)
+    with atheris.instrument_imports(include=["rosbags", "smiling_ros"]):
+        import rosbags.rosbag2.storage_mcap  # noqa: F401
+        import rosbags.rosbag2.storage_sqlite3  # noqa: F401
+        import rosbags.serde  # noqa: F401
+        import rosbags.typesys  # noqa: F401
+        import rosbags.typesys.stores.ros2_jazzy  # noqa: F401
 
-    import smiling_ros.adapters.bag  # noqa: F401
-    import smiling_ros.importer  # noqa: F401
-
-    atheris.instrument_all()  # coverage feedback from every loaded Python function (rosbags included)
+        import smiling_ros.adapters.bag  # noqa: F401
+        import smiling_ros.adapters.fields  # noqa: F401
+        import smiling_ros.importer  # noqa: F401
+    print(f"instrumented in {time.perf_counter() - t0:.1f} s", flush=True)
+    h = Harness(out)
     corpus = h.work / "corpus"
     corpus.mkdir()
     for suffix, data in h.seeds.items():  # first byte picks the storage, the rest is the file
+        if suffix.startswith("/"):
+            continue
         (corpus / f"seed{suffix}").write_bytes((b"m" if suffix == ".mcap" else b"s") + data)
 
     deadline = time.monotonic() + seconds
+    start = time.perf_counter()
 
     def target(buf: bytes) -> None:
         if time.monotonic() > deadline:  # libFuzzer ends with os._exit: report from here
-            on_done()
+            report(h, "atheris", time.perf_counter() - start, out)
             h.close()
             os._exit(0)
         if not buf:
@@ -189,22 +215,19 @@ def main() -> None:
     p.add_argument("--engine", choices=["hypothesis", "atheris"], default="hypothesis")
     p.add_argument("--out", default=str(REPO / "bench/fuzz/out"))
     a = p.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.engine == "atheris":
+        run_atheris(out, a.seconds)
+        return
     h = Harness(out)
     t = time.perf_counter()
     try:
-        if a.engine == "atheris":
-            run_atheris(h, a.seconds, lambda: report(h, a.engine, time.perf_counter() - t, out))
-        else:
-            run_hypothesis(h, a.seconds)
-            report(h, a.engine, time.perf_counter() - t, out)
+        run_hypothesis(h, a.seconds)
+        report(h, a.engine, time.perf_counter() - t, out)
     finally:
-        if a.engine != "atheris":
-            h.close()
+        h.close()
 
 
 _reported = False
@@ -230,6 +253,9 @@ def report(h: Harness, engine: str, elapsed: float, out: Path) -> None:
         "cpus": os.cpu_count(),
     }
     (out / f"results_{engine}.json").write_text(json.dumps(res, indent=1))
+    if getattr(h, "slowest_input", None):  # kept for a look: python -c "import_bag(...)" on it
+        data, suffix = h.slowest_input
+        (out / f"slowest_{engine}{suffix.replace('/', '_')}").write_bytes(data)
     print(
         f"fuzz ({engine}, {res['seconds']} s): {res['inputs']} inputs, {res['imported']} imported, "
         f"{res['user_errors']} UserError, {res['crashes']} crashes, slowest input {res['slowest_input_s']} s"

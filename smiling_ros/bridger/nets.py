@@ -95,8 +95,9 @@ class Ema:
     def update(self, module: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for pe, p in zip(self.module.parameters(), module.parameters()):
-            pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        ema_p = list(self.module.parameters())
+        torch._foreach_mul_(ema_p, d)
+        torch._foreach_add_(ema_p, [p.detach() for p in module.parameters()], alpha=1 - d)
         for be, b in zip(self.module.buffers(), module.buffers()):
             be.copy_(b)
 

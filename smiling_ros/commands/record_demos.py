@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from smiling_ros.errors import UserError
+from smiling_ros.processes import Child
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,71 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="env/expert seed (default: config seed)")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (default: generous)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _ros_arg(name: str, value: Any) -> list[str]:
-    """``-p name:=value`` with value as YAML (strings quoted so '123' stays a string)."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value)
-    else:
-        text = repr(value)
-    return ["-p", f"{name}:={text}"]
-
-
-class Child:
-    """A node run as a child process; stdout is read line by line by a thread, stderr goes to a log."""
-
-    def __init__(self, name: str, module: str, params: dict[str, Any], env: dict[str, str], log_dir: Path,
-                 on_line=None):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", module, "--ros-args"]
-        for k, v in params.items():
-            cmd += _ros_arg(k, v)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
-        self.lines: list[str] = []
-        self._on_line = on_line
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            if self._on_line is not None:
-                self._on_line(line)
-
-    def poll(self) -> Optional[int]:
-        return self.proc.poll()
-
-    def stop(self, timeout: float = 10.0) -> Optional[int]:
-        """SIGINT (nodes close cleanly), then SIGTERM, then SIGKILL."""
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        self._reader.join(timeout=2.0)
-        self._log.close()
-        return self.proc.poll()
-
-    def last_error(self) -> str:
-        """The child's last meaningful stderr line (its one-line error, or a traceback's last line)."""
-        try:
-            lines = [ln.strip() for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        except OSError:
-            return ""
-        for ln in reversed(lines):
-            if "error" in ln.lower() or "exception" in ln.lower():
-                return ln
-        return lines[-1] if lines else ""
 
 
 def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
@@ -128,6 +64,23 @@ def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
         raise UserError(f"{path}: recorded bag does not read back ({type(exc).__name__}: {exc})") from None
     ends = [m for m in markers if isinstance(m, dict) and m.get("event") == "end"]
     return {"counts": counts, "episodes": len(ends), "successes": sum(bool(m.get("success")) for m in ends)}
+
+
+def _discard_or_keep(out: Path, marker_topic: str) -> str:
+    """After a failed run: remove a bag this run created that holds no complete episode; keep
+    one that does (never lose recorded data). Returns what was done, for the error line."""
+    import shutil
+
+    if not out.exists():
+        return "no bag written"
+    try:
+        episodes = summarize_bag(out, marker_topic)["episodes"]
+    except UserError:
+        episodes = 0
+    if episodes == 0:
+        shutil.rmtree(out, ignore_errors=True)
+        return "the empty bag was removed"
+    return f"partial bag with {episodes} complete episodes kept at {out}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(0.1)
             if rc_rec != 0:
                 raise UserError(f"recorder_node exited with status {rc_rec}: {recorder.last_error()}")
+        except UserError as exc:
+            for child in children:
+                child.stop()
+            raise UserError(f"{exc}; {_discard_or_keep(out, cfg.topics.episode)}") from None
         finally:
             for child in children:
                 child.stop()

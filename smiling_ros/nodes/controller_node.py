@@ -65,6 +65,7 @@ from smiling_ros.controller import (
     make_assembler,
     resolve_limits,
     resolve_settings,
+    set_sched_priority,
 )
 from smiling_ros.errors import UserError
 from smiling_ros.ros.msgs import message_class, parse_episode_marker
@@ -84,13 +85,14 @@ PARAMETERS: ParamSpec = {
     "on_stale": (str, "on a stale observation: 'stop' (publish nothing) or 'hold' (repeat the last command)"),
     "stop_action": (str, "'zero': one zero command when stopping (velocity/effort interfaces); 'none'"),
     "device": (str, "torch device: 'auto' (CUDA where present), 'cpu', 'cuda', 'cuda:N'"),
-    "executor": (str, "'single', 'events' (rclpy experimental EventsExecutor) or 'multi'"),
+    "executor": (str, "'auto' (events where available), 'events' (rclpy EventsExecutor), 'single' or 'multi'"),
     "command_topic": (str, "command topic; unset: config topics.command"),
     "policy_topic": (str, "checkpoint announcements (std_msgs/String); unset: config topics.policy"),
     "episode_topic": (str, "episode markers (std_msgs/String JSON); unset: config topics.episode"),
     "follow_announcements": (bool, "hot-swap to checkpoints announced on policy_topic"),
     "diagnostics_period_s": (float, "period of /diagnostics status [s]"),
     "observation_max_abs": (float, "observation elements beyond this magnitude count as invalid"),
+    "sched_priority": (int, "0: normal scheduling; 1..99: SCHED_FIFO priority of the control loop (Linux)"),
     "autostart": (bool, "configure and activate at start (set false when a launch file drives the lifecycle)"),
 }
 
@@ -104,6 +106,7 @@ class ControllerNode(LifecycleNode):
         self.settings: Optional[ControllerSettings] = None
         self.loop: Optional[ControlLoop] = None
         self.configure_error: Optional[str] = None
+        self.done = False
         self._estop = False
         self._active = False
         self._pub_lock = threading.Lock()  # a tick's publish and a stop command never interleave
@@ -190,12 +193,15 @@ class ControllerNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         assert self.loop is not None and self.settings is not None
+        ret = super().on_activate(state)  # activates the command publisher first
+        if ret != TransitionCallbackReturn.SUCCESS:
+            return ret
         self.loop.reset()
+        self._active = True
         self._timer = self.create_timer(self.settings.period_ns / 1e9, self._tick,
                                         callback_group=self._control_group, clock=self._steady)
-        self._active = True
         self.get_logger().info("active: commanding once observations arrive")
-        return super().on_activate(state)
+        return ret
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop_loop()
@@ -209,6 +215,7 @@ class ControllerNode(LifecycleNode):
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop_loop()
         self._release()
+        self.done = True  # finalized: main() exits
         return super().on_shutdown(state)
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
@@ -260,6 +267,8 @@ class ControllerNode(LifecycleNode):
         until_next = timer.time_until_next_call()
         expected = start + (until_next or 0) - timer.timer_period_ns
         with self._pub_lock:
+            if not self._active:  # stopped (deactivate/shutdown) while this tick waited for the lock
+                return
             r = loop.tick(start)
             if r.action is not None:
                 self._publish(r.action)
@@ -377,14 +386,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def make_executor(kind: str, context: Any = None) -> Any:
-    if kind == "events":
-        from rclpy.experimental import EventsExecutor
-
-        return EventsExecutor(context=context)
+def make_executor(kind: str, context: Any = None) -> tuple[Any, str]:
+    """The executor named by ``kind`` (see ControllerSection.executor) and the kind used."""
+    if kind in ("events", "auto"):
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:  # rclpy before Kilted
+            if kind == "events":
+                raise UserError("parameter 'executor': 'events' needs rclpy's EventsExecutor (ROS 2 Kilted or "
+                                "later); use 'single'") from None
+        else:
+            return EventsExecutor(context=context), "events"
     if kind == "multi":
-        return rclpy.executors.MultiThreadedExecutor(num_threads=2, context=context)
-    return rclpy.executors.SingleThreadedExecutor(context=context)
+        return rclpy.executors.MultiThreadedExecutor(num_threads=2, context=context), "multi"
+    return rclpy.executors.SingleThreadedExecutor(context=context), "single"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -417,15 +432,24 @@ def main(argv: Optional[list[str]] = None) -> int:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return 2  # on_configure logged the one line saying why
             node.trigger_activate()
-        kind = node.settings.executor if node.settings else (node.get_parameter("executor").value or "single")
-        executor = make_executor(kind if kind in ("single", "events", "multi") else "single")
+        try:
+            kind = node.settings.executor if node.settings else node.param("executor", "auto")
+            priority = node.settings.sched_priority if node.settings else node.param("sched_priority", 0)
+            warning = set_sched_priority(priority) if priority else None
+            executor, kind = make_executor(kind)
+        except UserError as exc:
+            node.get_logger().error(str(exc))
+            return 2
+        if warning:
+            node.get_logger().warning(warning)
+        elif priority:
+            node.get_logger().info(f"control loop under SCHED_FIFO priority {priority}")
+        node.get_logger().debug(f"executor: {kind}")
         executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
+        while not stop.is_set() and not node.done and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
-        if node._active or node.loop is not None:
-            state = node._state_machine.current_state[1]
-            if state in ("active", "inactive", "unconfigured"):
-                node.trigger_shutdown()  # publishes the stop command when active
+        if not node.done and node._state_machine.current_state[1] in ("active", "inactive", "unconfigured"):
+            node.trigger_shutdown()  # publishes the stop command when active
         return 0
     finally:
         if node is not None:

@@ -124,6 +124,10 @@ class SimNode(Node):
         self.low = np.asarray(self.env.action_space.low, dtype=np.float64)
         self.high = np.asarray(self.env.action_space.high, dtype=np.float64)
         self.dt_ns = int(round(1e9 / self.rate_hz))
+        env_dt = getattr(self.env.unwrapped, "dt", None)
+        if env_dt and abs(env_dt * self.rate_hz - 1.0) > 1e-3:
+            self.get_logger().warning(f"rate_hz {self.rate_hz:g} differs from the env's control rate {1 / env_dt:g} Hz: "
+                                      "simulated motion runs at a different speed than its stamps say")
         self.expert_name = p("expert", "none")
         self.expert = self._make_expert(self.expert_name, seed)
         if self.expert is not None and self.mode == "lockstep":
@@ -167,6 +171,7 @@ class SimNode(Node):
         self.done = False
         self.exit_code = 0
         self._started = False
+        self._matched_at: Optional[float] = None
         self._timer = None
         period = 1.0 / (self.rate_hz * (self.time_scale if self.mode == "realtime" else 1.0))
         self._start_timer = self.create_timer(0.05, self._try_start, clock=steady_clock())
@@ -200,6 +205,11 @@ class SimNode(Node):
         if self.wait_for > 0:
             counts = [pub.get_subscription_count() for pub in self._state_publishers()]
             if min(counts) < self.wait_for:
+                return
+            # Matched here; give the subscribers' side of discovery a moment to settle too.
+            if self._matched_at is None:
+                self._matched_at = time.monotonic()
+            if time.monotonic() - self._matched_at < 0.25:
                 return
         self._start()
 
@@ -236,11 +246,12 @@ class SimNode(Node):
         self.obs, self.info = self.env.reset()
         self.obs = np.asarray(self.obs, dtype=np.float64).ravel()
         if self.expert is not None:
-            reset = getattr(self.expert, "reset")
-            try:
-                reset(self.obs)
-            except TypeError:  # Policy.reset() takes no observation
-                reset()
+            from smiling_ros.envs import ScriptedExpert
+
+            if isinstance(self.expert, ScriptedExpert):
+                self.expert.reset(self.obs)  # draws this episode's mode
+            else:
+                self.expert.reset()  # Policy.reset(): forget observation windows / action chunks
         self.episode += 1
         self.steps, self.ret, self.running = 0, 0.0, True
         self.command = np.zeros(self.act_dim)

@@ -192,10 +192,11 @@ class TrainerNode(Node):
         self._stepped = threading.Event()  # the trainer's first event (log or checkpoint) arrived
         self._values: dict[str, str] = {}
         self._step = 0
+        self._last_ckpt: Optional[int] = None
         # Policy copies on disk, oldest first (a resumed run keeps pruning its predecessor's).
         self._announced: list[Path] = sorted((s.out_dir / "policies").glob("policy_*.safetensors"))
         self.total = s.steps
-        resumed = self._resume_step() if s.resume else None
+        resumed = self._last_ckpt = self._resume_step() if s.resume else None
         self.get_logger().info(
             f"{s.method} on {s.cfg.task.env or 'robot'} ({s.backend} backend, device {self.device}), dataset "
             f"{s.dataset} ({len(self.dataset.obs)} states), out {s.out_dir}"
@@ -266,6 +267,10 @@ class TrainerNode(Node):
             self.get_logger().info(f"training {how} at step {self._step}; policy {self.result}")
             self._publish_diag(0, f"{how} at step {self._step}")
         except UserError as exc:
+            if self._stop.is_set() and s.backend == "ros":  # shut down together with the robot (launch)
+                self.get_logger().warning(f"stopped; the robot went away first ({exc}); the last checkpoint "
+                                          f"(step {self._last_ckpt}) is kept")
+                return
             print(f"{NODE_NAME}: error: {exc}", file=sys.stderr, flush=True)
             self._publish_diag(2, str(exc))
             self.exit_code = exc.exit_code
@@ -282,6 +287,7 @@ class TrainerNode(Node):
         self._step = step
         self._stepped.set()
         if "checkpoint" in event:
+            self._last_ckpt = step
             self._announce(Path(event["checkpoint"]), step)
         metrics = event.get("metrics")
         if metrics is not None:

@@ -130,6 +130,7 @@ def train_joint_diffusion(
                 log.add(step, dm_loss=ema)
     net.eval()
     for p in net.parameters():
+        p.grad = None
         p.requires_grad_(False)
     return JointDiffusion(net, sched, norm, obs.shape[1], act.shape[1])
 

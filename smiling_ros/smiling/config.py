@@ -103,6 +103,7 @@ class SmilingSection:
     learner_states: int = 100_000  # states per round (one epoch; official 100k)
     learner_fifo: int = 200_000  # the round draws from this many latest learner states
     reward_std: float = 0.1  # per-batch reward normalisation to this std (0: raw cost)
+    absorbing: bool = True  # a true termination earns the batch's lowest reward forever after
     min_demo_states: int = 50
     # --- loop
     eval_every: int = 5000

@@ -69,9 +69,17 @@ class DacReward:
         self.metrics["reward_raw_mean"] = float(r.mean())
         return r
 
-    def update(self, step: int, buffer, learning_starts: int = 0) -> Optional[dict[str, float]]:
-        due = step % self.dac.update_every == 0 or (self.rounds == 0 and step >= learning_starts)
-        if not due or buffer.size_used == 0:
+    @staticmethod
+    def absorbing_reward(r: torch.Tensor) -> float:
+        """-log(1 - sigmoid(D)) -> 0 where D rejects: the expert never reaches the absorbing state."""
+        return 0.0
+
+    def update(self, step: int, buffer, learning_starts: int = 0, prev_step: Optional[int] = None
+               ) -> Optional[dict[str, float]]:
+        from smiling_ros.smiling.score import due
+
+        if not due(step, self.dac.update_every, prev_step, self.rounds == 0 and step >= learning_starts) \
+                or buffer.size_used == 0:
             return None
         from smiling_ros.smiling.buffer import recent_rows
 

@@ -162,6 +162,12 @@ def normalize_batch(r: torch.Tensor, std: float) -> torch.Tensor:
     return (r - r.mean()) / (r.std() + 1e-6) * std
 
 
+def due(step: int, every: int, prev_step: Optional[int] = None, force: bool = False) -> bool:
+    """True when a multiple of ``every`` lies in (prev_step, step] (default prev_step = step - 1)."""
+    prev = step - 1 if prev_step is None else prev_step
+    return force or step // every > prev // every
+
+
 def expert_inputs(obs: np.ndarray, act: Optional[np.ndarray], variant: str, low: np.ndarray, high: np.ndarray
                   ) -> np.ndarray:
     """Demo rows for the score nets: states, or [s, a] with actions mapped to [-1, 1]."""
@@ -268,13 +274,19 @@ class SmilingReward:
         self.metrics["reward_raw_std"] = float(r_raw.std()) if r_raw.numel() > 1 else 0.0
         return normalize_batch(r_raw, self.cost.reward_std)
 
-    def due(self, step: int, learning_starts: int) -> bool:
-        return step % self.opts.learner_every == 0 or (self.rounds == 0 and step >= learning_starts)
+    @staticmethod
+    def absorbing_reward(r: torch.Tensor) -> torch.Tensor:
+        """Reward of the absorbing state after a termination: the expert never reaches it, so it
+        gets the batch's lowest reward."""
+        return r.min()
 
-    def update(self, step: int, buffer, learning_starts: int = 0) -> Optional[dict[str, float]]:
-        """Learner round when due: ceil(learner_states / score_batch) AdamW steps on batches
-        drawn (with replacement) from the latest ``learner_fifo`` learner inputs."""
-        if not self.due(step, learning_starts) or buffer.size_used == 0:
+    def update(self, step: int, buffer, learning_starts: int = 0, prev_step: Optional[int] = None
+               ) -> Optional[dict[str, float]]:
+        """Learner round when due (every ``learner_every`` env steps, and once when SAC's updates
+        start): ceil(learner_states / score_batch) AdamW steps on batches drawn (with replacement)
+        from the latest ``learner_fifo`` learner inputs in ``buffer``."""
+        if not due(step, self.opts.learner_every, prev_step, self.rounds == 0 and step >= learning_starts) \
+                or buffer.size_used == 0:
             return None
         from smiling_ros.smiling.buffer import recent_rows
 

@@ -269,9 +269,22 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
                 reward_model = DacReward(x_exp, opts, dev, seed)
 
+            absorb = opts.absorbing and sac_o.gamma < 1
+            k_abs = sac_o.gamma / (1 - sac_o.gamma) if absorb else 0.0
+
             def relabel(samples):
+                """Imitation reward of a sampled batch. With ``absorbing``, a transition into a true
+                termination (``dones`` excludes time limits) also collects the value of an absorbing
+                state that the expert never visits: the reward model's ``absorbing_reward`` (SMILING:
+                the batch's lowest reward; DAC: 0, the limit of -log(1 - sigmoid(D)) where D rejects)
+                at every later step, gamma / (1 - gamma) * r_abs, folded into its reward because
+                SAC's target does not bootstrap past termination. Without it a zero-mean imitation
+                reward makes falling (Hopper) cost nothing."""
                 with t_reward:
-                    return reward_model.reward(sample_inputs(samples, opts.variant))
+                    r = reward_model.reward(sample_inputs(samples, opts.variant))
+                    if absorb:
+                        r = r + samples.dones.view(-1).to(r.dtype) * k_abs * reward_model.absorbing_reward(r)
+                    return r
 
             buffer.relabel = relabel
 
@@ -333,6 +346,8 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             with t_ckpt:
                 t, meta_sac = sac_state(model)
                 bt, meta_buf = buffer.state_tensors()
+                if method != "sac":  # stored env rewards are unused (relabelled); keep the file loadable
+                    bt["buffer.rewards"] = torch.nan_to_num(bt["buffer.rewards"], nan=0.0, posinf=0.0, neginf=0.0)
                 t.update(bt)
                 meta = {**base_meta, "kind": f"{method}_run", "step": step, "sac": meta_sac, "buffer": meta_buf,
                         "elapsed_s": elapsed0 + time.perf_counter() - t_start}
@@ -351,12 +366,16 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
         from stable_baselines3.common.callbacks import BaseCallback
 
+        from smiling_ros.smiling.score import due
+
         class Loop(BaseCallback):
-            """Per env step: player rounds, logs, evaluation, checkpoints, user callback."""
+            """Per collected env step (after SB3 stored the transition, before the SAC update):
+            player rounds, logs, evaluation, checkpoints, the user callback."""
 
             def __init__(self):
                 super().__init__()
                 self.stop = False
+                self.prev = model.num_timesteps
                 self.last_ckpt = model.num_timesteps if resume else -1
                 self.bar = None
                 self.t_last, self.s_last = time.perf_counter(), model.num_timesteps
@@ -369,26 +388,31 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                                     dynamic_ncols=True)
 
             def _on_step(self) -> bool:
-                step = model.num_timesteps
+                return not self.stop  # a stop requested at the previous step ends learn() here
+
+            def _on_rollout_end(self) -> None:
+                step, prev = model.num_timesteps, self.prev
+                if step == prev or self.stop:
+                    return
+                self.prev = step
                 if self.bar is not None:
-                    self.bar.update(1)
+                    self.bar.update(step - prev)
                 if reward_model is not None:
                     with t_learner:
-                        reward_model.update(step, buffer, sac_o.learning_starts)
+                        reward_model.update(step, buffer, sac_o.learning_starts, prev)
                 cl = model.logger.name_to_value.get("train/critic_loss")
                 if cl is not None and not math.isfinite(cl):
                     raise UserError(f"{method}: non-finite critic loss at env step {step} (training diverged); "
                                     f"the last good checkpoint is kept in {out}")
                 keep = True
-                if step % opts.log_every == 0 or step == total:
+                if due(step, opts.log_every, prev) or step >= total:
                     keep = self._log(step) is not False and keep
-                if eval_env is not None and (step % opts.eval_every == 0 or step == total):
+                if eval_env is not None and (due(step, opts.eval_every, prev) or step >= total):
                     keep = self._eval(step) is not False and keep
-                if step % opts.checkpoint_every == 0 or step == total or not keep:
+                if due(step, opts.checkpoint_every, prev) or step >= total or not keep:
                     write_checkpoint(step)
                     self.last_ckpt = step
                 self.stop = not keep
-                return keep
 
             def _log(self, step: int):
                 nv = model.logger.name_to_value
@@ -440,7 +464,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         start_step = model.num_timesteps
         if remaining > 0:
             model.learn(remaining, callback=loop, reset_num_timesteps=not resume, log_interval=10**9)
-        final = model.num_timesteps
+        final = loop.last_ckpt if loop.stop else model.num_timesteps
         if loop.last_ckpt != final:
             write_checkpoint(final)
         wall = time.perf_counter() - t_start

@@ -600,6 +600,11 @@ def _case_cli_negative_gap(tmp):
     return _args(bag, cfg, tmp, "--gap", "-0.5")
 
 
+def _case_cli_absurd_rate(tmp):
+    bag, cfg = _std(tmp)
+    return _args(bag, cfg, tmp, "--rate", "1e9")
+
+
 def _case_out_not_dataset(tmp):
     bag, cfg = _std(tmp)
     (tmp / "out").mkdir()
@@ -663,6 +668,7 @@ CORPUS: list[Case] = [
     Case("cli_nan_rate", _case_cli_nan_rate, ("--rate",)),
     Case("cli_text_rate", _case_cli_text_rate, ("--rate", "fast")),
     Case("cli_negative_gap", _case_cli_negative_gap, ("--gap",)),
+    Case("cli_absurd_rate", _case_cli_absurd_rate, ("rows", "lower --rate")),
     Case("out_not_a_dataset", _case_out_not_dataset, ("refusing",)),
 ]
 

@@ -1,0 +1,129 @@
+"""DBC: the diffusion term reaches the policy through the frozen joint model, changes what it learns
+compared with plain BC, its losses fall, and `train-dbc` writes an mlp_policy others can load."""
+from __future__ import annotations
+
+import csv
+import textwrap
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from smiling_ros.cli import main
+from smiling_ros.dataset import Dataset, Normalizer
+from smiling_ros.offline.common import collect_dataset
+from smiling_ros.offline.dbc import DBCConfig, dbc_losses, train_dbc
+from smiling_ros.policy import load_policy
+
+LOW, HIGH = np.array([-2.0], np.float32), np.array([2.0], np.float32)
+
+
+def _pendulum_expert(o):
+    """Energy-pumping swing-up with a bang-bang flavour: bimodal actions near the bottom."""
+    th, thdot = np.arctan2(o[1], o[0]), o[2]
+    return np.clip([2.0 * np.sign(thdot + 1e-3) if o[0] < 0 else -3.0 * np.sin(th) - 0.8 * thdot], -2, 2)
+
+
+@pytest.fixture(scope="module")
+def demos() -> Dataset:
+    env = gym.make("Pendulum-v1", max_episode_steps=60)
+    return collect_dataset(env, _pendulum_expert, 12, seed=0, task="Pendulum-v1")
+
+
+def small_cfg(**kw) -> DBCConfig:
+    base = dict(T=1000, dm_hidden=64, dm_layers=2, dm_steps=800, hidden=[64, 64], steps=400, batch_size=128,
+                lambda_dm=2.0, log_every=50)
+    base.update(kw)
+    return DBCConfig(**base)
+
+
+def test_diffusion_term_changes_policy_and_losses_fall(demos, tmp_path):
+    dbc = train_dbc(demos, small_cfg(), LOW, HIGH, seed=3, progress=False, log_prefix=tmp_path / "dbc_log")
+    bc = train_dbc(demos, small_cfg(lambda_dm=0.0), LOW, HIGH, seed=3, progress=False)
+    assert dbc.policy.meta["method"] == "dbc" and bc.policy.meta["method"] == "bc"
+    a_dbc, a_bc = dbc.policy.act(demos.obs), bc.policy.act(demos.obs)
+    assert np.abs(a_dbc - a_bc).max() > 1e-2, "the diffusion term left the policy identical to BC"
+    # stage 1 (joint diffusion) and stage 2 (policy) losses fall
+    rows = list(csv.DictReader(open(tmp_path / "dbc_log.csv")))
+    dm = [float(r["dm_loss"]) for r in rows if r["dm_loss"]]
+    loss = [float(r["loss"]) for r in rows if r["loss"]]
+    assert dm[-1] < 0.7 * dm[0]
+    assert loss[-1] < 0.5 * loss[0]
+    assert (tmp_path / "dbc_log.png").stat().st_size > 0
+
+
+def test_dm_gradient_flows_through_frozen_net_into_policy(demos):
+    res = train_dbc(demos, small_cfg(steps=1), LOW, HIGH, seed=0, progress=False)
+    pol, dm = res.policy, res.dm
+    assert all(not p.requires_grad for p in dm.net.parameters())
+    s, a = torch.as_tensor(demos.obs[:256]), torch.as_tensor(demos.act[:256])
+    pol.actor.zero_grad()
+    cfg = small_cfg(normalize_dm=False)  # L_agent alone: never clamped to zero
+    terms = dbc_losses(pol, dm, s, a, Normalizer.fit(demos.act), cfg, torch.Generator().manual_seed(0))
+    (terms["loss"] - terms["bc"]).backward()  # the diffusion term only
+    g = sum(p.grad.abs().sum().item() for p in pol.actor.parameters() if p.grad is not None)
+    assert g > 0
+    assert all(p.grad is None for p in dm.net.parameters())
+
+
+def _config(tmp_path, extra: str = "") -> str:
+    p = tmp_path / "pend.yaml"
+    p.write_text(textwrap.dedent("""
+        task: {env: Pendulum-v1, max_episode_steps: 60}
+        rate_hz: 20.0
+        observation:
+          - {topic: /observation, field: data}
+        action:
+          - {topic: /forward_command_controller/commands, field: data}
+        dbc: {T: 1000, dm_hidden: 64, dm_layers: 2, dm_steps: 300, hidden: [64, 64], steps: 200, lambda_dm: 1.0}
+        """) + extra)
+    return str(p)
+
+
+def test_cli_writes_loadable_mlp_policy(demos, tmp_path, capsys):
+    demos.save(tmp_path / "demos")
+    cfg = _config(tmp_path)
+    out = tmp_path / "dbc.safetensors"
+    assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "demos"), "--out", str(out),
+                 "--steps", "150", "--quiet"]) == 0
+    for name in ("dbc.safetensors", "dbc.json", "dbc.dm.safetensors", "dbc_log.csv", "dbc_log.png"):
+        assert (tmp_path / name).exists(), name
+    pol = load_policy(out, device="cpu", obs_dim=3, act_dim=1)
+    a = pol.act(demos.obs[:5])
+    assert a.shape == (5, 1) and np.all(a >= -2) and np.all(a <= 2)
+    assert pol.meta["method"] == "dbc" and pol.meta["task"] == "Pendulum-v1"
+    # reuse the frozen model; --no-dm is plain BC
+    out2 = tmp_path / "reuse.safetensors"
+    assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "demos"), "--out", str(out2),
+                 "--steps", "50", "--dm", str(tmp_path / "dbc.dm.safetensors"), "--quiet"]) == 0
+    assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "demos"), "--out", str(tmp_path / "bc"),
+                 "--steps", "50", "--no-dm", "--quiet"]) == 0
+    assert load_policy(tmp_path / "bc.safetensors", device="cpu").meta["method"] == "bc"
+
+
+def test_bad_input_is_one_line_error(demos, tmp_path, capsys):
+    cfg = _config(tmp_path)
+    Dataset(demos.obs, None, demos.episode_ends, {"task": "Pendulum-v1"}).save(tmp_path / "states_only")
+    assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "states_only"),
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs actions" in err and "states_only" in err and len(err.splitlines()) == 1
+    # a dataset of another task
+    Dataset(demos.obs, demos.act, demos.episode_ends, {"task": "Hopper-v5"}).save(tmp_path / "other")
+    assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "other"), "--out", str(tmp_path / "x")]) == 2
+    assert "Hopper-v5" in capsys.readouterr().err
+    # a reused diffusion model of other dims
+    from smiling_ros.diffusion import NoiseSchedule, ScoreNet
+    from smiling_ros.offline.dbc import JointDiffusion
+
+    JointDiffusion(ScoreNet(6, hidden=8), NoiseSchedule(10), Normalizer.identity(6), 4, 2).save(tmp_path / "dm6")
+    Dataset(demos.obs, demos.act, demos.episode_ends, {"task": "Pendulum-v1"}).save(tmp_path / "ok")
+    assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "ok"), "--out", str(tmp_path / "x"),
+                 "--dm", str(tmp_path / "dm6.safetensors")]) == 2
+    assert "obs_dim is 4" in capsys.readouterr().err
+    # unknown config key in the dbc section
+    p = tmp_path / "bad.yaml"
+    p.write_text(open(cfg).read().replace("lambda_dm: 1.0", "lambda_dm: 1.0, lamda: 3"))
+    assert main(["train-dbc", "--config", str(p), "--dataset", str(tmp_path / "states_only"), "--out", str(tmp_path / "x")]) == 2
+    assert "lamda" in capsys.readouterr().err
