@@ -73,7 +73,8 @@ class ControllerSection:
         command); None = no bound.
     sched_priority: 0 = normal scheduling; 1..99 = Linux SCHED_FIFO real-time priority for the
         control thread and the executor's threads (needs CAP_SYS_NICE or an rtprio limit; if
-        refused, a warning and normal scheduling). Checkpoint loading stays at normal priority.
+        refused, a warning and normal scheduling). Checkpoint loading for hot swaps runs one
+        priority below.
     """
 
     control_rate_hz: Optional[float] = None
@@ -728,6 +729,25 @@ def set_sched_priority(priority: int) -> Optional[str]:
     return None
 
 
+def background_priority() -> None:
+    """For a helper thread of a SCHED_FIFO control loop: one FIFO priority below it.
+
+    Still above every normally scheduled process, so the helper is not preempted by them while it
+    holds Python's GIL (which would leave the control thread waiting: priority inversion), yet
+    the kernel runs the control thread first whenever both are ready."""
+    import os
+
+    if not hasattr(os, "sched_getscheduler"):
+        return
+    try:
+        if os.sched_getscheduler(0) == os.SCHED_FIFO:
+            prio = os.sched_getparam(0).sched_priority
+            if prio > 1:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio - 1))
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------- background loading
 class PolicyLoader:
     """Loads announced checkpoints on a background thread; the newest request wins.
@@ -762,7 +782,7 @@ class PolicyLoader:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        set_sched_priority(0)  # loading must never compete with a real-time control thread
+        background_priority()
         while True:
             with self._cv:
                 while self._pending is None and not self._closed:

@@ -543,6 +543,7 @@ def import_bag(
             "method": "zero-order hold",
             "phase": PHASE,
             "timestamps": "bag receive time",
+            "episode_start_end": "first and last grid point of each episode (ns)",
         },
         "episodes_from": "markers" if use_markers else "gaps",
         "gap_s": None if use_markers else gap,

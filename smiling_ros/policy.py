@@ -126,12 +126,37 @@ class MlpPolicy:
     def from_checkpoint(cls, ckpt: Checkpoint, device: str | torch.device = "cpu") -> "MlpPolicy":
         m = ckpt.meta
         try:
-            actor = MlpActor(int(m["obs_dim"]), int(m["act_dim"]), list(m["hidden"]), m.get("activation", "relu"))
-            actor.load_state_dict(ckpt.sub("actor"))
+            obs_dim, act_dim, hidden = int(m["obs_dim"]), int(m["act_dim"]), [int(h) for h in m["hidden"]]
+            w_in = ckpt.tensors["actor.latent.0.weight" if hidden else "actor.mu.weight"]
+            w_out = ckpt.tensors["actor.mu.weight"]
+            if tuple(w_in.shape[1:]) != (obs_dim,) or w_out.shape[0] != act_dim:
+                raise ValueError(f"metadata says obs_dim {obs_dim}, act_dim {act_dim} but the weights are for "
+                                 f"obs_dim {w_in.shape[-1]}, act_dim {w_out.shape[0]}")
+            if m.get("activation", "relu") not in _ACTIVATIONS:
+                raise ValueError(f"unknown activation {m.get('activation')!r}")
+            actor = MlpActor(obs_dim, act_dim, hidden, m.get("activation", "relu"))
+            sd = ckpt.sub("actor")
+            extra = sorted(set(ckpt.tensors) - {f"actor.{k}" for k in actor.state_dict()})
+            if extra:
+                raise ValueError(f"unexpected tensor '{extra[0]}'")
+            actor.load_state_dict(sd)
             norm = Normalizer.from_dict(m["obs_norm"])
-            return cls(actor, norm, np.asarray(m["action_low"]), np.asarray(m["action_high"]), m, device)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise UserError(f"{ckpt.path}: inconsistent mlp_policy checkpoint ({str(exc).splitlines()[0]})") from None
+            low, high = np.asarray(m["action_low"], np.float64), np.asarray(m["action_high"], np.float64)
+            if norm.mean.shape != (obs_dim,) or norm.std.shape != (obs_dim,):
+                raise ValueError(f"obs_norm has {norm.mean.shape[0]} elements, obs_dim is {obs_dim}")
+            if not (np.isfinite(norm.mean).all() and np.isfinite(norm.std).all() and (norm.std > 0).all()):
+                raise ValueError("obs_norm mean/std must be finite with std > 0")
+            if low.shape != (act_dim,) or high.shape != (act_dim,) or not (np.isfinite(low).all()
+                                                                         and np.isfinite(high).all()):
+                raise ValueError(f"action_low/action_high must be {act_dim} finite numbers")
+            if (low > high).any():
+                raise ValueError("action_low > action_high")
+            return cls(actor, norm, low, high, m, device)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, KeyError):
+                text = f"missing {text}"
+            raise UserError(f"{ckpt.path}: inconsistent mlp_policy checkpoint ({text})") from None
 
 
 POLICY_LOADERS: dict[str, str] = {
@@ -152,4 +177,16 @@ def load_policy(path, device: str | torch.device = "auto", obs_dim: Optional[int
     obj: Any = importlib.import_module(mod)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    return obj(ckpt, device=dev)
+    try:
+        policy = obj(ckpt, device=dev)
+    except UserError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        # metadata edited into something a loader did not expect: still one line, never a traceback
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{ckpt.path}: inconsistent {ckpt.kind} checkpoint ({text})") from None
+    for key, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
+        have = getattr(policy, key, None)
+        if want is not None and have is not None and int(have) != int(want):
+            raise UserError(f"{ckpt.path}: {key} is {have} but this robot/task has {want} (checkpoint of another task?)")
+    return policy

@@ -229,3 +229,43 @@ def test_train_bridger_cli(arm_ds, tmp_path, capsys):
     rc = main(["train-bridger", "--config", "arm_reach", "--dataset", str(data), "--source", str(other), "--out", str(out)])
     assert rc == 2 and "obs_dim is 11 but this robot/task has 8" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_window_and_chunk(arm_ds, tmp_path):
+    """obs_window 2, chunk 3, execute 2: one plan (one source sample) per two calls; round trip."""
+    sec = BridgerConfig(train_steps=40, hidden=[32], batch_size=32, obs_window=2, chunk=3, execute=2)
+    src = HeuristicSource("arm_reach_straight_line")
+    pol = train_bridger(arm_ds, src, sec, *_bounds(arm_ds), progress=False)
+    assert (pol.net.x_dim, pol.net.cond_dim) == (6, 16)
+    calls = []
+    inner = pol.source.sample
+    pol.source.sample = lambda o: calls.append(1) or inner(o)
+    pol.reset()
+    acts = [pol.act(o) for o in arm_ds.obs[:5]]
+    assert len(calls) == 3 and all(a.shape == (2,) for a in acts)
+    assert pol._hist.shape == (1, 2, 8)
+    pol.source.sample = inner
+    loaded = load_policy(pol.save(tmp_path / "chunk.safetensors"), device="cpu")
+    assert (loaded.window, loaded.chunk, loaded.execute) == (2, 3, 2)
+    _same_actions(pol, loaded, arm_ds.obs[:5])
+
+
+def test_checkpoint_may_name_only_registered_heuristics(small_policy, tmp_path):
+    from smiling_ros.checkpoint import save_checkpoint
+
+    _, path = small_policy
+    ck = load_checkpoint(path)
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "versions")}
+    meta["source"] = {"type": "heuristic", "heuristic": "os:system"}
+    bad = save_checkpoint(tmp_path / "evil.safetensors", ck.tensors, meta)
+    with pytest.raises(UserError, match="unknown heuristic 'os:system'"):
+        load_policy(bad, device="cpu")
+    meta["source"] = {"type": "policy", "kind": "bridger", "meta": {}}
+    bad = save_checkpoint(tmp_path / "nested.safetensors", ck.tensors, meta)
+    with pytest.raises(UserError, match="unsupported kind 'bridger'"):
+        load_policy(bad, device="cpu")
+    meta["source"] = {"type": "heuristic", "heuristic": "arm_reach_straight_line"}
+    meta["net"] = {**meta["net"], "hidden": [7]}
+    bad = save_checkpoint(tmp_path / "shape.safetensors", ck.tensors, meta)
+    with pytest.raises(UserError, match="inconsistent bridger checkpoint"):
+        load_policy(bad, device="cpu")

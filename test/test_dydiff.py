@@ -13,7 +13,7 @@ from smiling_ros.cli import main
 from smiling_ros.dataset import Dataset
 from smiling_ros.errors import UserError
 from smiling_ros.offline.common import collect_dataset
-from smiling_ros.offline.dydiff import DyDiffConfig, TD3BCConfig, WorldModel, train_offline, train_world_model, windows
+from smiling_ros.offline.dydiff import DyDiffConfig, TD3BCConfig, train_offline, train_world_model, windows
 
 ENV = "InvertedPendulum-v5"
 H = 32

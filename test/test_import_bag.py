@@ -285,3 +285,40 @@ def test_console_script_subprocess(tmp_path):
         assert bad.returncode == 2
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
         assert not (tmp_path / "d2").exists()
+
+
+@pytest.mark.ros
+def test_record_demos_bag_pairs_observation_k_with_command_k(tmp_path, ros_env):
+    """A bag recorded over real DDS by `smiling-ros record-demos` (sim_node with the scripted expert
+    and recorder_node) imports to rows that pair observation k with the command sent for it."""
+    from conftest import ros_available
+
+    if not ros_available():
+        pytest.skip("rclpy wheels / ROS 2 not installed")
+    from smiling_ros.adapters.bag import open_bag
+
+    exe = shutil.which("smiling-ros", path=os.path.dirname(sys.executable)) or shutil.which("smiling-ros")
+    cmd = [exe] if exe else [sys.executable, "-m", "smiling_ros.cli"]
+    rec = subprocess.run(cmd + ["record-demos", "--config", "arm_reach", "--episodes", "2", "--out", str(tmp_path / "rec"),
+                                "--quiet"], capture_output=True, text=True, env=ros_env, timeout=240)
+    assert rec.returncode == 0, rec.stderr
+    imp = subprocess.run(cmd + ["import-bag", str(tmp_path / "rec"), "--config", "arm_reach", "--out", str(tmp_path / "ds")],
+                         capture_output=True, text=True, env=ros_env, timeout=120)
+    assert imp.returncode == 0, imp.stderr
+    ds = Dataset.load(tmp_path / "ds")
+    assert ds.meta["episodes_from"] == "markers" and ds.num_episodes == 2 and ds.success is not None
+    with open_bag(tmp_path / "rec") as r:
+        msgs = list(r.read())
+    # a message belongs to the episode whose start marker is the last at or before its stamp
+    # (a marker and the episode's first observation may carry the same stamp, in either order)
+    starts = [t for tp, _, t, m in msgs if tp == "/smiling_ros/episode" and json.loads(m.data)["event"] == "start"]
+    per_ep: dict[str, list] = {"obs": [[] for _ in starts], "cmd": [[] for _ in starts]}
+    for topic, _, t, msg in msgs:
+        key = {"/observation": "obs", CMD: "cmd"}.get(topic)
+        if key:
+            per_ep[key][int(np.searchsorted(starts, t, side="right")) - 1].append(msg.data.copy())
+    for e, (obs, act) in enumerate(ds.episodes()):
+        n = len(per_ep["cmd"][e])  # n commands, n + 1 observations (reset state and one per step)
+        assert len(per_ep["obs"][e]) == n + 1 and len(obs) == n
+        np.testing.assert_allclose(obs, np.array(per_ep["obs"][e][:n]), atol=1e-6)
+        np.testing.assert_allclose(act, np.array(per_ep["cmd"][e]), atol=1e-6)

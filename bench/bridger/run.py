@@ -165,7 +165,7 @@ def plot(results: dict, path: Path) -> None:
             if src0 and src != "gaussian":
                 axes[r, 0].axhline(src0[0]["success_rate"], ls=":", color=line.get_color(), lw=1)
                 axes[r, 1].axhline(src0[0]["mean_return"], ls=":", color=line.get_color(), lw=1)
-        modes = res["modes"]
+        modes = list(res["demo_modes"])
         names = list(res["sources"])
         width = 0.8 / len(STEPS)
         for j, n in enumerate(STEPS):

@@ -149,7 +149,8 @@ class BridgerPolicy:
 
     def _plan(self, obs: np.ndarray, cond: np.ndarray) -> np.ndarray:
         B = len(obs)
-        x0 = self.act_norm.normalize(self.source.sample(obs)).astype(np.float32)  # (B, A)
+        raw = self.source.sample(obs[0])[None] if B == 1 else self.source.sample(obs)
+        x0 = self.act_norm.normalize(np.asarray(raw, np.float32).reshape(B, -1))  # (B, A)
         if x0.shape != (B, self.act_dim):
             raise UserError(f"bridger policy: source '{self.source.name}' returned shape {x0.shape}, expected {(B, self.act_dim)}")
         if self.chunk > 1:

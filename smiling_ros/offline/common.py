@@ -131,14 +131,18 @@ def plot_rows(rows: list[dict[str, Any]], fields: list[str], path: Path, title: 
 
 
 def collect_dataset(env, act_fn, episodes: int, seed: int = 0, max_steps: Optional[int] = None,
-                    task: str = "") -> Dataset:
-    """Roll ``act_fn(obs) -> action`` in a Gymnasium ``env`` for ``episodes`` episodes.
+                    task: str = "", on_reset=None) -> Dataset:
+    """Roll ``act_fn(obs) -> action`` in a Gymnasium ``env`` for ``episodes`` episodes
+    (``on_reset(obs)``, if given, is called at each episode start, e.g. a scripted expert's reset).
 
     Row k holds obs_k, the action taken from it and the reward received; the final observation of each
-    episode is stored with a zero action and reward (the dataset convention: every row is a state)."""
+    episode is stored with the action the policy chooses there and reward 0 (the dataset convention:
+    every row is a state with its command)."""
     eps, rews, succ = [], [], []
     for ep in range(episodes):
         o, _ = env.reset(seed=seed + ep)
+        if on_reset is not None:
+            on_reset(o)
         obs, acts, rs = [o], [], []
         done, k, success = False, 0, False
         while not done:
@@ -150,7 +154,7 @@ def collect_dataset(env, act_fn, episodes: int, seed: int = 0, max_steps: Option
             success = success or bool(info.get("is_success", info.get("success", False)))
             k += 1
             done = term or trunc or (max_steps is not None and k >= max_steps)
-        acts.append(np.zeros_like(acts[-1]))
+        acts.append(np.asarray(act_fn(o), np.float32))  # what the policy would do in the final state
         rs.append(0.0)
         eps.append((np.asarray(obs, np.float32), np.asarray(acts, np.float32)))
         rews.append(np.asarray(rs, np.float32))

@@ -494,9 +494,9 @@ def train_offline(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.ndar
     max_steps = (meta or {}).get("max_episode_steps")
     if max_steps:
         # the last transition of an episode shorter than the time limit ends in a terminal state
-        ends = np.cumsum([s.stop - s.start - 1 for s in ds.episode_slices()]) - 1
         lengths = np.diff(np.concatenate([[0], ds.episode_ends]))
-        done[ends[(lengths - 1) < int(max_steps)]] = 1.0
+        last = np.cumsum(lengths - 1) - 1  # index of each episode's last transition
+        done[last[(lengths >= 2) & (lengths - 1 < int(max_steps))]] = 1.0
     real = ReplayBuffer.from_arrays(tr["obs"], tr["act"], rew, tr["next_obs"], done)
     agent = TD3BC(ds.obs_dim, ds.act_dim, ds.obs_normalizer(), low, high, tcfg, gen,
                   meta={"method": "td3bc+dydiff" if world_model is not None else "td3bc", "seed": seed, **(meta or {})})

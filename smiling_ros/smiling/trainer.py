@@ -368,6 +368,22 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
         from smiling_ros.smiling.score import due
 
+        sac_train = model.train
+
+        def checked_train(gradient_steps: int, batch_size: int = 64) -> None:
+            """SAC's update, then a check of its losses: a non-finite loss stops the run with a
+            one-line error before the diverged weights act or reach a checkpoint."""
+            sac_train(gradient_steps, batch_size)
+            nv = model.logger.name_to_value
+            for key in ("train/critic_loss", "train/actor_loss"):
+                v = nv.get(key)
+                if v is not None and not math.isfinite(v):
+                    raise UserError(f"{method}: non-finite {key.split('/')[1].replace('_', ' ')} at env step "
+                                    f"{model.num_timesteps} (training diverged); the last good checkpoint is kept "
+                                    f"in {out}")
+
+        model.train = checked_train
+
         class Loop(BaseCallback):
             """Per collected env step (after SB3 stored the transition, before the SAC update):
             player rounds, logs, evaluation, checkpoints, the user callback."""
@@ -400,10 +416,6 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                 if reward_model is not None:
                     with t_learner:
                         reward_model.update(step, buffer, sac_o.learning_starts, prev)
-                cl = model.logger.name_to_value.get("train/critic_loss")
-                if cl is not None and not math.isfinite(cl):
-                    raise UserError(f"{method}: non-finite critic loss at env step {step} (training diverged); "
-                                    f"the last good checkpoint is kept in {out}")
                 keep = True
                 if due(step, opts.log_every, prev) or step >= total:
                     keep = self._log(step) is not False and keep
