@@ -21,6 +21,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/sim", glob("sim/*.xml") + glob("sim/*.npz")),
+        (f"share/{PACKAGE}/sim/experts", glob("sim/experts/*.safetensors") + glob("sim/experts/*.json")
+         + glob("sim/experts/README*")),
     ],
     install_requires=[
         "numpy>=1.24",

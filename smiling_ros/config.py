@@ -91,10 +91,11 @@ def build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(fields))})")
+        known = ", ".join(sorted(n.rstrip("_") for n in fields))
+        raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {known})")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -229,7 +230,7 @@ class Config:
     demo: dict[str, Any] = field(default_factory=dict)
     controller: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    path: str = ""  # file it was read from (set by load_config)
+    path: str = field(default="", metadata={"internal": True})  # file it was read from (set by load_config)
 
     def validate(self, where: str) -> None:
         positive(self.rate_hz, where, "rate_hz")

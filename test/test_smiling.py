@@ -271,7 +271,7 @@ def test_dac_runs_and_discriminator_separates(arm_demos, tmp_path):
     rnd = random_states(1100, seed=5)
     for i in range(1000):
         buf.add(rnd[i], rnd[i + 1], np.zeros(2, np.float32), np.zeros(1), np.zeros(1), [{}])
-    dac = DacReward(arm_demos.obs, SmilingSection(dac=DacSection(update_every=100, updates=20)), torch.device("cpu"))
+    dac = DacReward(arm_demos.obs, SmilingSection(dac=DacSection(update_every=100, updates=100)), torch.device("cpu"))
     for k in (1, 2, 3):
         m = dac.update(100 * k, buf)
     assert m["disc_acc"] > 0.8

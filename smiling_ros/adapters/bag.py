@@ -68,6 +68,25 @@ class BagWriter:
             self.add_topic(topic, msgtype or msg.__msgtype__)
         self.write(topic, timestamp_ns, self.store.serialize_cdr(msg, msgtype or msg.__msgtype__))
 
+    def flush(self) -> None:
+        """Make everything written so far survive a crash of this process (SIGKILL, not power loss).
+
+        MCAP: rosbags keeps the open chunk in memory (up to 1 MiB); it is closed (written with its
+        message indexes) and the file buffer handed to the OS. A file cut off after this reads back
+        up to here with ``open_bag(..., salvage=True)``. sqlite3: the open transaction is committed.
+        """
+        storage = None if self._writer is None else self._writer.storage
+        if storage is None:
+            return
+        chunk = getattr(storage, "chunk", None)
+        if chunk is not None:  # rosbags McapWriter
+            if chunk.msgs:  # only chunks with messages (schemas/channels then go with the next one)
+                storage.close_chunk()
+            storage.bio.flush()
+        conn = getattr(storage, "conn", None)
+        if conn is not None:  # rosbags Sqlite3Writer
+            conn.commit()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

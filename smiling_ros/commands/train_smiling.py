@@ -29,7 +29,12 @@ def env_fns(cfg, world_model):
 
     if not world_model:
         return None, None
-    from smiling_ros.offline.world_model_env import make_world_model_env
+    try:
+        from smiling_ros.offline.world_model_env import make_world_model_env
+    except ModuleNotFoundError as exc:
+        from smiling_ros.errors import UserError
+
+        raise UserError(f"--world-model: world-model support is not available ({exc.name})") from None
 
     train_fn = lambda: make_world_model_env(world_model, cfg)  # noqa: E731
     return train_fn, (default_env_fn(cfg) if cfg.task.env else train_fn)
