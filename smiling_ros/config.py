@@ -56,6 +56,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         inner = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e9' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         if not math.isfinite(float(value)):
