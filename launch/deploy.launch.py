@@ -15,6 +15,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
@@ -31,8 +32,9 @@ def generate_launch_description():
         parameters=[params, {
             "config": config,
             "checkpoint": LaunchConfiguration("checkpoint"),
-            "control_rate_hz": LaunchConfiguration("control_rate_hz"),
-            "steps": LaunchConfiguration("steps"),
+            # Empty means "from the config / checkpoint": passed as a string so YAML never sees ''.
+            "control_rate_hz": ParameterValue(LaunchConfiguration("control_rate_hz"), value_type=str),
+            "steps": ParameterValue(LaunchConfiguration("steps"), value_type=str),
             "command_topic": LaunchConfiguration("command_topic"),
             "autostart": False,
         }],
@@ -47,8 +49,8 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value="arm_reach", description="task/robot config (name or path)"),
         DeclareLaunchArgument("checkpoint", description="policy checkpoint (.safetensors)"),
-        DeclareLaunchArgument("control_rate_hz", default_value="20.0", description="control rate [Hz]"),
-        DeclareLaunchArgument("steps", default_value="5", description="BRIDGER sampling steps"),
+        DeclareLaunchArgument("control_rate_hz", default_value="", description="control rate [Hz]; empty: from the config"),
+        DeclareLaunchArgument("steps", default_value="", description="BRIDGER sampling steps; empty: from the checkpoint"),
         DeclareLaunchArgument("command_topic", default_value="/forward_command_controller/commands",
                               description="ros2_control command topic"),
         DeclareLaunchArgument("sim", default_value="true", description="also run the simulated robot"),

@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (``smiling-ros VERB: error: ...``), exit status 2, like every
+    other bad input; ``--help`` shows the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def _version() -> str:
     from smiling_ros import __version__
 
@@ -62,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"smiling-ros: error: verb '{verb}' is not available in this version", file=sys.stderr)
             return 2
         raise
-    parser = argparse.ArgumentParser(prog=f"smiling-ros {verb}", description=help_)
+    parser = _OneLineParser(prog=f"smiling-ros {verb}", description=help_)
     mod.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
+        seed = getattr(args, "seed", None)
+        if isinstance(seed, int) and seed < 0:
+            raise UserError(f"--seed: must be >= 0, got {seed}")
         return int(mod.run(args) or 0)
     except UserError as exc:
         print(f"smiling-ros {verb}: error: {exc}", file=sys.stderr)

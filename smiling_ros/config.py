@@ -84,6 +84,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 T = typing.TypeVar("T")
 
 
+def at(where: str, name: str) -> str:
+    """The location of key ``name`` inside ``where``: ``"f.yaml: smiling" -> "f.yaml: smiling.T"``;
+    a file's top level is written ``"f.yaml:"`` and gives ``"f.yaml: rate_hz"``."""
+    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
+
+
+def _here(where: str) -> str:
+    return where[:-1] if where.endswith(":") else where
+
+
 def build(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass ``cls`` from a mapping, strictly.
 
@@ -94,19 +104,19 @@ def build(cls: type[T], data: Any, where: str) -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+        raise UserError(f"{_here(where)}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(n.rstrip("_") for n in fields))
-        raise UserError(f"{where}: unknown key '{unknown[0]}' (known: {known})")
+        raise UserError(f"{_here(where)}: unknown key '{unknown[0]}' (known: {known})")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+            kwargs[name] = _coerce(data[name], hints[name], at(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"{where}: missing required key '{name}'")
+            raise UserError(f"{_here(where)}: missing required key '{name}'")
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
@@ -117,7 +127,7 @@ def build(cls: type[T], data: Any, where: str) -> T:
 def positive(value: float, where: str, name: str, allow_zero: bool = False) -> None:
     """Range check helper for ``validate`` methods."""
     if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{where}.{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+        raise UserError(f"{at(where, name)}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
 # --------------------------------------------------------------------------- foundation sections
@@ -156,6 +166,10 @@ class TaskSection:
     env: str = ""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     max_episode_steps: Optional[int] = None
+
+    def validate(self, where: str) -> None:
+        if self.max_episode_steps is not None:
+            positive(self.max_episode_steps, where, "max_episode_steps")
 
 
 @dataclass
@@ -239,8 +253,9 @@ class Config:
 
     def validate(self, where: str) -> None:
         positive(self.rate_hz, where, "rate_hz")
+        positive(self.seed, where, "seed", allow_zero=True)
         if not self.observation:
-            raise UserError(f"{where}: 'observation' must list at least one field")
+            raise UserError(f"{_here(where)}: 'observation' must list at least one field")
 
     def section(self, cls: type[T], name: str) -> T:
         """Parse method section ``name`` into dataclass ``cls`` (strict, errors name the file)."""
@@ -254,12 +269,20 @@ class Config:
 
 
 def config_from_dict(data: Any, where: str = "config") -> Config:
+    """Check a parsed config; errors name ``where`` (the file) and the key."""
+    if data is None:
+        raise UserError(f"{where}: empty config file (expected a mapping with task, rate_hz, observation, ...)")
     if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a YAML mapping at top level")
+        raise UserError(f"{where}: expected a YAML mapping at top level, got {type(data).__name__}")
     data = dict(data)
+    for internal in ("import_", "path"):
+        if internal in data:
+            known = ", ".join(sorted(f.name.rstrip("_") for f in dataclasses.fields(Config)
+                                     if not f.metadata.get("internal")))
+            raise UserError(f"{where}: unknown key '{internal}' (known: {known})")
     if "import" in data:
         data["import_"] = data.pop("import")
-    cfg = build(Config, data, where)
+    cfg = build(Config, data, f"{where}:")
     cfg.path = where
     return cfg
 

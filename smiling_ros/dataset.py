@@ -179,6 +179,12 @@ class Dataset:
         try:
             save_file(tensors, str(tmp / "data.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            for name in ("data.safetensors", "meta.json"):  # on disk before the rename makes them current
+                fd = os.open(tmp / name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             if out.exists():
                 old = out.with_name(f".{out.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -195,11 +201,20 @@ class Dataset:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Dataset":
+        """Read a dataset directory; anything missing, corrupt or inconsistent is a one-line
+        :class:`UserError` naming the file (nothing in it is executed: JSON and safetensors only)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         d = Path(directory)
         if not d.is_dir():
+            if d.exists():
+                raise UserError(f"{d}: is a file, not a dataset directory (datasets are directories made by "
+                                "'smiling-ros import-bag' or 'rollout')")
+            old = d.with_name(f".{d.name}.old")
+            if (old / "meta.json").is_file():
+                raise UserError(f"{d}: dataset directory not found (a save was interrupted; the previous "
+                                f"version is in {old}: rename it back)")
             raise UserError(f"{d}: dataset directory not found")
         try:
             meta = json.loads((d / "meta.json").read_text())
@@ -207,23 +222,46 @@ class Dataset:
             raise UserError(f"{d}: not a dataset (no meta.json; make one with 'smiling-ros import-bag')") from None
         except json.JSONDecodeError as exc:
             raise UserError(f"{d / 'meta.json'}: corrupt JSON ({exc.msg})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{d / 'meta.json'}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{d / 'meta.json'}: expected a JSON object, got {type(meta).__name__}")
         if meta.get("format") != FORMAT:
             raise UserError(f"{d}: unsupported dataset format {meta.get('format')!r} (expected {FORMAT})")
+        data = d / "data.safetensors"
         try:
-            t = load_file(str(d / "data.safetensors"))
+            t = load_file(str(data))
         except FileNotFoundError:
             raise UserError(f"{d}: data.safetensors missing") from None
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"{d / 'data.safetensors'}: unreadable ({exc})") from None
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{data}: unreadable ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})") from None
         for key in ("obs", "episode_ends"):
             if key not in t:
-                raise UserError(f"{d / 'data.safetensors'}: missing tensor '{key}'")
-        if not np.isfinite(t["obs"]).all() or ("act" in t and not np.isfinite(t["act"]).all()):
-            raise UserError(f"{d / 'data.safetensors'}: contains NaN or inf")
+                raise UserError(f"{data}: missing tensor '{key}'")
+        obs, act, ends = t["obs"], t.get("act"), t["episode_ends"]
+        if obs.ndim != 2 or obs.shape[0] == 0 or obs.shape[1] == 0 or obs.dtype.kind != "f":
+            raise UserError(f"{data}: 'obs' must be a non-empty (N, obs_dim) float array, got {obs.dtype}{list(obs.shape)}")
+        n = obs.shape[0]
+        if act is not None and (act.ndim != 2 or act.shape[0] != n or act.dtype.kind != "f"):
+            raise UserError(f"{data}: 'act' must be a ({n}, act_dim) float array, got {act.dtype}{list(act.shape)}")
+        if ends.ndim != 1 or ends.dtype.kind not in "iu" or len(ends) == 0 or ends[0] <= 0 \
+                or (np.diff(ends) <= 0).any() or ends[-1] != n:
+            raise UserError(f"{data}: 'episode_ends' must be increasing episode end rows ending at {n}")
+        if not np.isfinite(obs).all() or (act is not None and not np.isfinite(act).all()):
+            raise UserError(f"{data}: contains NaN or inf")
+        success = t.get("success")
+        if success is not None and success.shape != ends.shape:
+            raise UserError(f"{data}: 'success' has {success.shape[0] if success.ndim else 0} entries for {len(ends)} episodes")
+        reward = t.get("reward")
+        if reward is not None and reward.shape != (n,):
+            raise UserError(f"{data}: 'reward' must have {n} entries, got shape {list(reward.shape)}")
+        for key, want in (("obs_dim", obs.shape[1]), ("act_dim", 0 if act is None else act.shape[1])):
+            if key in meta and meta[key] != want:
+                raise UserError(f"{d / 'meta.json'}: {key} is {meta[key]!r} but the data has {want} (files from different datasets?)")
         meta["path"] = str(d)
-        success = t["success"].astype(bool) if "success" in t else None
-        reward = t["reward"] if "reward" in t and np.isfinite(t["reward"]).all() else None
-        return cls(t["obs"], t.get("act"), t["episode_ends"], meta, success, reward)
+        success = success.astype(bool) if success is not None else None
+        reward = reward if reward is not None and np.isfinite(reward).all() else None
+        return cls(obs, act, ends, meta, success, reward)
 
     @classmethod
     def from_episodes(

@@ -82,6 +82,7 @@ def _install_standin(monkeypatch):
         "launch_ros": {},
         "launch_ros.actions": {"Node": Node, "LifecycleNode": LifecycleNode},
         "launch_ros.substitutions": {"FindPackageShare": FindPackageShare},
+        "launch_ros.parameter_descriptions": {"ParameterValue": _cls("ParameterValue")},
         "launch_ros.event_handlers": {"OnStateTransition": _cls("OnStateTransition")},
         "launch_ros.events": {},
         "launch_ros.events.lifecycle": {"ChangeState": _cls("ChangeState")},

@@ -433,7 +433,8 @@ class VectorAssembler:
 
     def bad_fields(self) -> list[int]:
         """Indices of fields whose current value has NaN/inf or exceeds ``max_abs``."""
-        return [i for i, v in enumerate(self._values) if v is not None and not np.all(np.abs(v) <= self.max_abs)]
+        return [i for i, v in enumerate(self._values)
+                if v is not None and not (np.all(np.isfinite(v)) and np.all(np.abs(v) <= self.max_abs))]
 
     def finite(self) -> bool:
         """True when every current value is finite and within ``max_abs`` (unset fields pass)."""
@@ -444,7 +445,7 @@ class VectorAssembler:
         the default ``at stamp <s> s``)."""
         spec, v, st = self.specs[i], self._values[i], self._stamps[i]
         assert v is not None
-        mask = ~(np.abs(v) <= self.max_abs)
+        mask = ~(np.isfinite(v) & (np.abs(v) <= self.max_abs))
         k = int(np.argmax(mask))
         what = "NaN" if np.isnan(v[k]) else ("inf" if np.isinf(v[k]) else f"{v[k]:.6g} (|x| > {self.max_abs:g})")
         when = when or f"at stamp {(st or 0) * 1e-9:.3f} s"

@@ -30,9 +30,14 @@ def declare_params(node, spec: ParamSpec) -> None:
 def param(node, spec: ParamSpec, name: str, default: Any = None) -> Any:
     """The value of parameter ``name`` checked against its declared type, or ``default`` if unset."""
     value = node.get_parameter(name).value
-    if value is None:
-        return default
+    if value is None or (value == "" and spec[name][0] is not str):
+        return default  # unset; an empty string (e.g. a launch argument left empty) counts as unset
     tp = spec[name][0]
+    if tp in (int, float) and isinstance(value, str):  # e.g. a launch argument passed as a string
+        try:
+            value = tp(value) if tp is float else int(float(value))
+        except ValueError:
+            raise UserError(f"parameter '{name}': expected {tp.__name__}, got '{value}'") from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if tp is int and isinstance(value, float) and value.is_integer():

@@ -150,6 +150,13 @@ def _fmt(v: Any) -> Any:
     return v
 
 
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python numbers (for callbacks that publish or serialise metrics)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
 def plot_learning_curve(out_dir: Path, title: str) -> Optional[Path]:
     """learning_curve.png from eval.csv (normalised return, else return) and train.csv."""
     import matplotlib
@@ -441,6 +448,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                 self.t_last, self.s_last = now, step
                 if reward_model is not None:
                     row.update({k: v for k, v in reward_model.metrics.items() if k in TRAIN_COLUMNS})
+                row = {k: _plain(v) for k, v in row.items()}
                 train_log.append(row)
                 if self.bar is not None:
                     post = {k: f"{row[k]:.3g}" for k in ("ep_return", "critic_loss") if row.get(k) is not None}
