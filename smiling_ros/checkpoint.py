@@ -74,7 +74,9 @@ class Checkpoint:
             raise UserError(f"{name}: is a '{self.kind}' checkpoint, expected {' or '.join(kinds)}")
         for key, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
             have = self.meta.get(key)
-            if want is not None and have is not None and int(have) != int(want):
+            if have is not None and (isinstance(have, bool) or not isinstance(have, int)):
+                raise UserError(f"{name}: corrupt checkpoint metadata ({key} is {have!r}, not an integer)")
+            if want is not None and have is not None and have != int(want):
                 raise UserError(f"{name}: {key} is {have} but this robot/task has {want} (checkpoint of another task?)")
         if task and self.meta.get("task") and self.meta["task"] != task:
             raise UserError(f"{name}: trained for task '{self.meta['task']}', not '{task}'")

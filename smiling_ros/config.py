@@ -114,7 +114,7 @@ def build(cls: type[T], data: Any, where: str) -> T:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], at(where, name))
+            kwargs[name] = _coerce(data[name], hints[name], at(where, name.rstrip("_")))  # import_ -> import
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UserError(f"{_here(where)}: missing required key '{name}'")
     obj = cls(**kwargs)
@@ -291,9 +291,11 @@ def load_config(path: str | Path) -> Config:
     """Read and check a config file. Names shipped with the package (``arm_reach``) also resolve."""
     p = resolve_config_path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not valid YAML (not UTF-8 text: byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -176,6 +176,7 @@ class Dataset:
         if self.reward is not None:
             tensors["reward"] = np.asarray(self.reward, np.float32)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        old = out.with_name(f".{out.name}.old")
         try:
             save_file(tensors, str(tmp / "data.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -185,17 +186,16 @@ class Dataset:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
+            if out.exists():  # the previous version steps aside, the new one moves in
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
+            os.replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not out.exists():  # failed between the two renames: put the previous back
+                os.replace(old, out)
             raise
+        shutil.rmtree(old, ignore_errors=True)  # also a stale one from a save killed between the renames
         self.meta = meta
         return out
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from smiling_ros.bridger.interpolants import EPS_KINDS, KINDS, Interpolant
+from smiling_ros.bridger.interpolants import KINDS, Interpolant
 from smiling_ros.bridger.nets import BridgerNet, NumpyForward, denoiser_loss, velocity_loss
 from smiling_ros.bridger.sampler import make_grid, sample_numpy, sample_torch
 from smiling_ros.errors import UserError

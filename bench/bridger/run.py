@@ -7,11 +7,14 @@ elbow branches, reacher_expert.py). Per task: demonstrations from the expert, th
 per source (gaussian, cvae, heuristic [ArmReach], bc = a trained MLP policy), each evaluated at
 steps {1, 2, 5, 10} (and "0" = the source alone) on the same episode seeds.
 
-    nice python bench/bridger/run.py --out bench/bridger/results            # full run
-    nice python bench/bridger/run.py --quick --out /tmp/bridger_quick        # minutes
+    nice python bench/bridger/run.py                                      # full run (~30 min, 2 cores)
+    python bench/bridger/run.py --reuse --latency-only                    # re-measure latency only
+    chrt -f 20 python bench/bridger/run.py --reuse --latency-only         # ... under SCHED_FIFO
+    nice python bench/bridger/run.py --quick --out /tmp/bq --work /tmp/bq  # smoke run (minutes)
 
-Writes OUT/results.json, OUT/bridger_bench.png, and prints the table. Checkpoints and training
-logs are kept under OUT/<task>/ (reused with --reuse).
+Writes OUT/results.json, OUT/bridger_bench.png, OUT/table.txt (the printed table). Demos,
+checkpoints and training logs go to WORK/<task>/ (default runs/bench_bridger, not tracked;
+reused with --reuse).
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reacher_expert import ReacherExpert, SuccessInfo, elbow_mode  # noqa: E402
 
-from smiling_ros.bridger.sources import HeuristicSource, PolicySource  # noqa: E402
+from smiling_ros.bridger.sources import HeuristicSource  # noqa: E402
 from smiling_ros.bridger.train import BridgerConfig, CvaeConfig, make_source, train_bridger  # noqa: E402
-from smiling_ros.checkpoint import atomic_write_text, load_checkpoint  # noqa: E402
+from smiling_ros.checkpoint import atomic_write_text  # noqa: E402
 from smiling_ros.dataset import Dataset  # noqa: E402
 from smiling_ros.envs import ARM_REACH, ScriptedExpert, make_env, passing_side  # noqa: E402
 from smiling_ros.evaluation import run_episodes  # noqa: E402
@@ -181,6 +184,8 @@ def plot(results: dict, path: Path) -> None:
         axes[r, 2].set_xticklabels(names)
         axes[r, 2].set_ylim(0, 1)
         axes[r, 2].set_ylabel(f"fraction '{modes[0]}'")
+        if res.get("expert_return") is not None:
+            axes[r, 1].axhline(res["expert_return"], color="k", ls="--", lw=1, label="expert")
         axes[r, 0].set_ylabel(f"{task}: success rate")
         axes[r, 1].set_ylabel("return")
         for ax in axes[r, :2]:
@@ -189,6 +194,7 @@ def plot(results: dict, path: Path) -> None:
             ax.set_xticklabels([str(s) for s in STEPS])
             ax.set_xlabel("BRIDGER steps N (dotted: source alone)")
         axes[r, 0].legend(fontsize=8)
+        axes[r, 1].legend(fontsize=8)
         axes[r, 2].legend(fontsize=7, ncol=3)
     fig.suptitle("BRIDGER: success / return vs sampling steps per source; mode split")
     fig.tight_layout()
@@ -199,6 +205,9 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/bridger/results")
+    p.add_argument("--work", default="runs/bench_bridger", help="demos, checkpoints, training logs")
+    p.add_argument("--latency-only", action="store_true",
+                   help="with --reuse: re-measure latency into OUT/results.json, keep the evaluation")
     p.add_argument("--tasks", default="arm,reacher")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--train-steps", type=int, default=6000)
@@ -214,8 +223,11 @@ def main() -> int:
     torch.set_num_threads(1)
     if args.quick:
         args.demos, args.train_steps, args.cvae_steps, args.bc_steps, args.episodes, args.latency_n = 10, 300, 200, 200, 4, 300
-    out = Path(args.out)
+    out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    if args.latency_only:
+        return latency_only(args, out, work, previous)
     hidden = [int(h) for h in args.hidden.split(",")]
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "load_avg_start": os.getloadavg(), "torch": torch.__version__, "threads": 1},
@@ -223,7 +235,7 @@ def main() -> int:
     t_start = time.time()
     for task in args.tasks.split(","):
         spec = task_spec(task)
-        tdir = out / task
+        tdir = work / task
         ds = demos(spec, args.demos, tdir / "demos")
         env = spec["env_fn"]()
         low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
@@ -239,7 +251,7 @@ def main() -> int:
             t0 = time.time()
             if args.reuse and ckpt.exists():
                 pol = load_policy(ckpt, device="cpu")
-                train_s = None
+                train_s = previous.get("tasks", {}).get(task, {}).get("sources", {}).get(name, {}).get("train_s")
             else:
                 if name == "bc":
                     src_spec = str(train_bc_policy(ds, low, high, args.bc_steps, tdir / "bc.safetensors"))
@@ -256,6 +268,9 @@ def main() -> int:
             rows = evaluate(SourceAsPolicy(pol.source, low, high), spec, [0], args.episodes, seed=10_000)
             rows += evaluate(pol, spec, STEPS, args.episodes, seed=10_000)
             lat = [latency(pol, ds.obs, n, args.latency_n) for n in STEPS]
+            pol.numpy_single = False  # the same act() through the torch net (batch of one), for comparison
+            lat.append({**latency(pol, ds.obs, 5, args.latency_n), "path": "torch"})
+            pol.numpy_single = True
             res["sources"][name] = {"checkpoint": str(ckpt), "train_s": train_s, "eval": rows, "latency": lat}
             print(f"[{task}] {name}: trained in {train_s if train_s is None else round(train_s)} s; "
                   + "; ".join(f"N={r['steps']}: succ {r['success_rate']:.2f} ret {r['mean_return']:.2f} modes {r['modes']}"
@@ -266,36 +281,78 @@ def main() -> int:
     results["total_s"] = time.time() - t_start
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     plot(results, out / "bridger_bench.png")
-    print_table(results)
+    atomic_write_text(out / "table.txt", print_table(results))
     return 0
 
 
-def print_table(results: dict) -> None:
+def sched_name() -> str:
+    pol = os.sched_getscheduler(0)
+    if pol == os.SCHED_FIFO:
+        return f"SCHED_FIFO priority {os.sched_getparam(0).sched_priority}"
+    return "SCHED_OTHER (normal)"
+
+
+def latency_only(args, out: Path, work: Path, results: dict) -> int:
+    """Re-measure per-action latency of the checkpoints in WORK; keep the evaluation rows."""
+    if not results.get("tasks"):
+        raise SystemExit(f"{out / 'results.json'}: no earlier results to add latency to (run without --latency-only)")
+    fifo = os.sched_getscheduler(0) == os.SCHED_FIFO
+    key = "latency_fifo" if fifo else "latency"  # normal scheduling overwrites the full run's figures
+    mkey = "latency_fifo_machine" if fifo else "latency_machine"
+    results[mkey] = {"load_avg_start": os.getloadavg(), "scheduler": sched_name(), "threads": 1}
+    for task, res in results["tasks"].items():
+        ds = Dataset.load(work / task / "demos")
+        for name, r in res["sources"].items():
+            pol = load_policy(work / task / f"bridger_{name}.safetensors", device="cpu")
+            lat = [latency(pol, ds.obs, n, args.latency_n) for n in STEPS]
+            pol.numpy_single = False
+            lat.append({**latency(pol, ds.obs, 5, args.latency_n), "path": "torch"})
+            r[key] = lat
+    results[mkey]["load_avg_end"] = os.getloadavg()
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "table.txt", print_table(results))
+    return 0
+
+
+def print_table(results: dict) -> str:
+    lines: list[str] = []
+    emit = lines.append
     for task, res in results["tasks"].items():
         modes = list(res["demo_modes"])
-        print(f"\n== {task}: {res['demo_episodes']} demos (modes {res['demo_modes']}), expert return "
+        emit(f"\n== {task}: {res['demo_episodes']} demos (modes {res['demo_modes']}), expert return "
               f"{res['expert_return']:.2f}; success rate / mean return / {modes[0]}:{modes[1]} per step count N "
               f"(N=0: the source alone)")
         head = f"{'source':<10}" + "".join(f"{'N=' + str(n):>24}" for n in [0] + STEPS)
-        print(head)
+        emit(head)
         for src, r in res["sources"].items():
             cells = []
             for row in r["eval"]:
                 m = row["modes"]
                 cells.append(f"{row['success_rate']:.2f} {row['mean_return']:7.2f} {m[modes[0]]:>2}:{m[modes[1]]:<2}")
-            print(f"{src:<10}" + "".join(f"{c:>24}" for c in cells))
-        print(f"{'latency':<10} act() per action, us (wall p50/p99 | thread CPU p50/p99)")
-        for src, r in res["sources"].items():
-            print(f"{src:<10}" + "  ".join(f"N={x['steps']}: {x['wall_p50_us']:.0f}/{x['wall_p99_us']:.0f} | "
-                                          f"{x['cpu_p50_us']:.0f}/{x['cpu_p99_us']:.0f}" for x in r["latency"]))
+            emit(f"{src:<10}" + "".join(f"{c:>24}" for c in cells))
+        for key, what in (("latency", "normal scheduling"), ("latency_fifo", "SCHED_FIFO")):
+            if not all(key in r for r in res["sources"].values()):
+                continue
+            emit(f"{'latency':<10} act() per action, us (wall p50/p99 | thread CPU p50/p99), {what}; "
+                 f"'torch' = the same act() through the torch net")
+            for src, r in res["sources"].items():
+                emit(f"{src:<10}" + "  ".join(f"N={x['steps']}{' torch' if x.get('path') else ''}: "
+                                              f"{x['wall_p50_us']:.0f}/{x['wall_p99_us']:.0f} | "
+                                              f"{x['cpu_p50_us']:.0f}/{x['cpu_p99_us']:.0f}" for x in r[key]))
         g10 = [row for row in res["sources"]["gaussian"]["eval"] if row["steps"] == 10][0]
         for src, r in res["sources"].items():
             if src == "gaussian":
                 continue
             s2 = [row for row in r["eval"] if row["steps"] == 2][0]
-            print(f"target: {src} at N=2 vs gaussian at N=10: success {s2['success_rate']:.2f} vs {g10['success_rate']:.2f}, "
+            emit(f"target: {src} at N=2 vs gaussian at N=10: success {s2['success_rate']:.2f} vs {g10['success_rate']:.2f}, "
                   f"return {s2['mean_return']:.2f} vs {g10['mean_return']:.2f}")
-    print(f"\nmachine: {results['machine']}; total {results.get('total_s', 0):.0f} s")
+    emit(f"\nmachine: {results['machine']}; total {results.get('total_s', 0):.0f} s")
+    for mkey in ("latency_machine", "latency_fifo_machine"):
+        if results.get(mkey):
+            emit(f"{mkey}: {results[mkey]}")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    return text
 
 
 if __name__ == "__main__":

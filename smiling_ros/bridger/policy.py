@@ -38,6 +38,7 @@ from smiling_ros.errors import UserError
 
 class BridgerPolicy:
     kind = "bridger"
+    numpy_single = True  # single observations: numpy forward on the CPU (False: the torch net on ``device``)
 
     def __init__(self, net: BridgerNet, interp: Interpolant, source: Source, obs_norm: Normalizer,
                  act_norm: Normalizer, low: np.ndarray, high: np.ndarray, steps: int = 5, window: int = 1,
@@ -155,7 +156,7 @@ class BridgerPolicy:
             raise UserError(f"bridger policy: source '{self.source.name}' returned shape {x0.shape}, expected {(B, self.act_dim)}")
         if self.chunk > 1:
             x0 = np.tile(x0, (1, self.chunk))
-        if B == 1:
+        if B == 1 and self.numpy_single:
             xn = self._sample_one(x0[0], cond[0])[None]
         else:
             with torch.inference_mode():

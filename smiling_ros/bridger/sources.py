@@ -114,14 +114,43 @@ class PolicySource:
         if self.kind == "cvae":
             self.name = "cvae"
 
+        self._np = _numpy_mlp_policy(policy) if self.kind == "mlp_policy" else None
+
     def sample(self, obs: np.ndarray) -> np.ndarray:
         x, single = _batch(obs, self.obs_dim, f"source policy '{self.kind}'")
-        a = np.asarray(self.policy.act(x[0] if single else x), np.float32)
-        return a
+        if single and self._np is not None:
+            return self._np(x[0])
+        return np.asarray(self.policy.act(x[0] if single else x), np.float32)
 
     def seed(self, seed: Optional[int]) -> None:
         if hasattr(self.policy, "seed"):
             self.policy.seed(seed)
+
+
+def _numpy_mlp_policy(policy: Any):
+    """numpy forward of an ``MlpPolicy`` for one observation (same maths as its torch forward:
+    normalise, hidden layers each followed by the activation, mu, tanh, scale to [low, high]);
+    None when the activation has no numpy version here."""
+    from smiling_ros.bridger.nets import np_activation
+
+    actor = getattr(policy, "actor", None)
+    try:
+        act = np_activation(getattr(actor, "activation", ""))
+    except UserError:
+        return None
+    lins = [m for m in actor.latent if isinstance(m, nn.Linear)]
+    layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in lins]
+    wm, bm = actor.mu.weight.detach().cpu().numpy().T.copy(), actor.mu.bias.detach().cpu().numpy().copy()
+    mean, std = policy.obs_norm.mean, policy.obs_norm.std
+    low, span = policy.low, policy.high - policy.low
+
+    def forward(o: np.ndarray) -> np.ndarray:
+        h = (o - mean) / std
+        for w, b in layers:
+            h = act(h @ w + b)
+        return (low + (np.tanh(h @ wm + bm) + 1) * 0.5 * span).astype(np.float32)
+
+    return forward
 
 
 # ---------------------------------------------------------------------------------------- CVAE

@@ -142,6 +142,26 @@ def run(args: argparse.Namespace) -> int:
         budget["smiling_steps"] = args.smiling_steps
     if args.episodes:
         budget["episodes"] = args.episodes
+    if args.expert:  # check the expert before anything is written or started
+        from smiling_ros.envs import make_env_from_config
+        from smiling_ros.evaluation import resolve_policy
+
+        env = make_env_from_config(cfg)
+        try:
+            resolve_policy(args.expert, env)
+        finally:
+            env.close()
+    elif not cfg.task.env:
+        raise UserError(f"{cfg.path}: task.env is empty: the demo needs a simulated task")
+    else:
+        from smiling_ros.envs import make_env_from_config, scripted_expert
+
+        env = make_env_from_config(cfg)
+        has_expert = scripted_expert(env) is not None
+        env.close()
+        if not has_expert:
+            raise UserError(f"task '{cfg.task.env}' has no scripted expert: pass --expert CKPT "
+                            f"(e.g. from 'smiling-ros train-expert --config {args.config}')")
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: run directory exists and is not empty (choose another --out)")

@@ -103,6 +103,7 @@ class SmilingSection:
     learner_states: int = 100_000  # states per round (one epoch; official 100k)
     learner_fifo: int = 200_000  # the round draws from this many latest learner states
     reward_std: float = 0.1  # per-batch reward normalisation to this std (0: raw cost)
+    reward_clip: float = 0.02  # winsorise each batch's raw cost at these quantiles before normalising (0: off)
     absorbing: bool = True  # a true termination earns the batch's lowest reward forever after
     min_demo_states: int = 50
     # --- loop
@@ -125,10 +126,12 @@ class SmilingSection:
                      "learner_every", "learner_states", "learner_fifo", "min_demo_states", "eval_every",
                      "checkpoint_every", "log_every"):
             positive(getattr(self, name), where, name)
-        for name in ("expert_steps", "reward_std", "min_abar", "eval_episodes"):
+        for name in ("expert_steps", "reward_std", "min_abar", "eval_episodes", "reward_clip"):
             positive(getattr(self, name), where, name, allow_zero=True)
         if not 0 < self.beta_start < self.beta_end < 1:
             raise UserError(f"{where}: need 0 < beta_start < beta_end < 1")
+        if self.reward_clip >= 0.5:
+            raise UserError(f"{where}.reward_clip: a quantile below 0.5, got {self.reward_clip}")
         if self.min_abar >= 1:
             raise UserError(f"{where}.min_abar: must be < 1, got {self.min_abar}")
 

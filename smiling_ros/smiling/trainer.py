@@ -228,10 +228,6 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
     if loop_opts:
         opts = dataclasses.replace(opts, **loop_opts)
     sac_o = sac_opts or opts.sac
-    seed = int(seed if seed is not None else (opts.seed if opts.seed is not None else cfg.seed))
-    total = int(total_steps if total_steps is not None else opts.total_steps)
-    if total < 1:
-        raise UserError(f"--steps: must be >= 1, got {total}")
     out = Path(out_dir)
     state_path = out / "state.safetensors"
     if state_path.exists() and not resume:
@@ -239,6 +235,18 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                         f"or choose another --out")
     if resume and not state_path.exists():
         raise UserError(f"{out}: nothing to resume (no state.safetensors)")
+    ck = load_checkpoint(state_path) if resume else None
+    if ck is not None:  # a resumed run keeps its variant, seed and step budget unless told otherwise
+        if variant is None and ck.meta.get("variant"):
+            opts = dataclasses.replace(opts, variant=ck.meta["variant"])
+        if seed is None and ck.meta.get("seed") is not None:
+            seed = int(ck.meta["seed"])
+        if total_steps is None and ck.meta.get("total_steps"):
+            total_steps = int(ck.meta["total_steps"])
+    seed = int(seed if seed is not None else (opts.seed if opts.seed is not None else cfg.seed))
+    total = int(total_steps if total_steps is not None else opts.total_steps)
+    if total < 1:
+        raise UserError(f"--steps: must be >= 1, got {total}")
     dev = select_device(device)
     env_fn = env_fn or default_env_fn(cfg)
     task = cfg.task.env or "robot"
@@ -305,8 +313,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         train_log, eval_log = CsvLog(out / "train.csv", TRAIN_COLUMNS), CsvLog(out / "eval.csv", EVAL_COLUMNS)
         t_setup0 = time.perf_counter()
         elapsed0 = 0.0
-        if resume:
-            ck = load_checkpoint(state_path)
+        if ck is not None:
             ck.require(f"{method}_run", obs_dim=obs_dim, act_dim=act_dim, task=task)
             if base_meta["dataset"] and ck.meta.get("dataset") and \
                     ck.meta["dataset"]["fingerprint"] != base_meta["dataset"]["fingerprint"]:
