@@ -103,6 +103,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     os.close(fd)
     try:
         save_file(flat, tmp, metadata={_META_KEY: doc, _INTEGRITY_KEY: integrity})
+        os.chmod(tmp, public_mode())
         _fsync(tmp)
         os.replace(tmp, path)
         _atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, default=_json_default))
@@ -256,6 +257,15 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def public_mode(directory: bool = False) -> int:
+    """Permissions of a normal new file (or directory) under the process umask; temporary files
+    from ``tempfile`` are private (0600/0700), which would hide outputs from other users (e.g. a
+    node running as another user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -263,6 +273,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, public_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -175,7 +175,10 @@ class Dataset:
             tensors["success"] = np.asarray(self.success, np.uint8)
         if self.reward is not None:
             tensors["reward"] = np.asarray(self.reward, np.float32)
+        from smiling_ros.checkpoint import public_mode
+
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        os.chmod(tmp, public_mode(directory=True))
         old = out.with_name(f".{out.name}.old")
         try:
             save_file(tensors, str(tmp / "data.safetensors"))
