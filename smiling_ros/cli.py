@@ -51,6 +51,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from smiling_ros.runtime import limit_threads
+
+    limit_threads()
     top = _parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
         if argv and argv[0] not in ("-h", "--help", "--version"):

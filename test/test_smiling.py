@@ -134,14 +134,34 @@ def test_timesteps_are_stratified_and_paired_with_their_state():
     assert np.allclose(r.numpy(), ref, atol=1e-5)
 
 
-def test_informative_timesteps_exclude_pure_noise():
+def test_timestep_range_informative_and_noise_floor():
     from smiling_ros.diffusion import NoiseSchedule
-    from smiling_ros.smiling.score import t_max_of
+    from smiling_ros.smiling.score import draw_timesteps, t_max_of, timestep_range
 
     official = NoiseSchedule(5000, "linear", 1e-4, 0.02)
     n = t_max_of(official, 1e-3)
     assert 1700 < n < 2000  # ~63% of the official T=5000 grid is pure noise
     assert t_max_of(official, 0) == 5000
+    sched = NoiseSchedule(1000)
+    t_min, t_max = timestep_range(sched, 1e-3, 0.5)
+    sigma = (1 - sched.abar).sqrt()
+    assert sigma[t_min] >= 0.5 > sigma[t_min - 1] and sched.abar[t_max - 1] > 1e-3 >= sched.abar[t_max]
+    t = draw_timesteps(1000, 4, t_max, t_min=t_min)
+    assert int(t.min()) >= t_min and int(t.max()) < t_max
+    with pytest.raises(UserError, match="min_sigma"):
+        timestep_range(sched, 0.9, 0.9)
+
+
+def test_batch_normalisation_is_robust_to_outliers():
+    from smiling_ros.smiling.score import normalize_batch
+
+    torch.manual_seed(0)
+    r = torch.cat([torch.randn(250) * 0.3, torch.full((3,), -40.0)])  # a few (1.2%) far-off states
+    plain, robust = normalize_batch(r, 0.1), normalize_batch(r, 0.1, clip=0.02)
+    for out in (plain, robust):
+        assert abs(float(out.mean())) < 1e-5 and abs(float(out.std()) - 0.1) < 1e-4
+    spread = lambda x: float(x[:250].std())  # noqa: E731 - spread among the ordinary states
+    assert spread(robust) > 3 * spread(plain)
 
 
 def test_learner_loss_falls_over_rounds(arm_demos):

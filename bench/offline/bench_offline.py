@@ -133,6 +133,10 @@ def main() -> None:
         print(f"[{task_id}] DBC {summ['dbc']['mean_return']:.1f} vs BC {summ['bc']['mean_return']:.1f} (return, "
               f"mean of {a.seeds} seeds)", flush=True)
         _save(out, a.task, res)
+    if {"drift", "offline"} <= skip:
+        res["total_wall_s"] = time.time() - t_start
+        _save(out, a.task, res)
+        return
     # ------------------------------------------------------------------ world model
     wcfg = cfg.section(DyDiffConfig, "dydiff")
     wcfg = dataclasses.replace(wcfg, steps=a.wm_steps, ensemble_steps=a.wm_steps, reward_steps=min(2000, a.wm_steps),

@@ -40,13 +40,19 @@ SCHEDULES = {
     "cosine_T1000": dict(schedule="cosine", T=1000),
 }
 ESTIMATORS = [
-    ("official: T5000 grid K=500 all t", "linear_T5000", dict(K=500, timesteps="grid", min_abar=0.0)),
-    ("T5000 stratified K=4 all t", "linear_T5000", dict(K=4, timesteps="stratified", min_abar=0.0)),
-    ("T5000 stratified K=4 informative", "linear_T5000", dict(K=4, timesteps="stratified", min_abar=1e-3)),
-    ("T1000 iid K=4 informative", "linear_T1000", dict(K=4, timesteps="iid", min_abar=1e-3)),
-] + [(f"T1000 stratified K={k} informative", "linear_T1000", dict(K=k, timesteps="stratified", min_abar=1e-3))
-     for k in (1, 2, 4, 8, 16, 64)] + [
-    ("cosine T1000 stratified K=4 informative", "cosine_T1000", dict(K=4, timesteps="stratified", min_abar=1e-3)),
+    ("official: T5000 grid K=500 all t", "linear_T5000", dict(K=500, timesteps="grid", min_abar=0.0, min_sigma=0.0)),
+    ("T5000 stratified K=4 all t", "linear_T5000", dict(K=4, timesteps="stratified", min_abar=0.0, min_sigma=0.0)),
+    ("T5000 stratified K=4 informative", "linear_T5000",
+     dict(K=4, timesteps="stratified", min_abar=1e-3, min_sigma=0.0)),
+    ("T1000 stratified K=4 informative", "linear_T1000",
+     dict(K=4, timesteps="stratified", min_abar=1e-3, min_sigma=0.0)),
+    ("T1000 stratified K=4 informative sigma>=0.3", "linear_T1000",
+     dict(K=4, timesteps="stratified", min_abar=1e-3, min_sigma=0.3)),
+    ("T1000 iid K=4 informative sigma>=0.5", "linear_T1000", dict(K=4, timesteps="iid", min_abar=1e-3, min_sigma=0.5)),
+] + [(f"T1000 stratified K={k} informative sigma>=0.5" + (" (default)" if k == 4 else ""), "linear_T1000",
+      dict(K=k, timesteps="stratified", min_abar=1e-3, min_sigma=0.5)) for k in (1, 2, 4, 8, 16, 64)] + [
+    ("cosine T1000 stratified K=4 informative sigma>=0.5", "cosine_T1000",
+     dict(K=4, timesteps="stratified", min_abar=1e-3, min_sigma=0.5)),
 ]
 
 
@@ -75,7 +81,7 @@ def arm_states(policy, episodes, seed, noise=0.0):
 def part_a(args):
     from smiling_ros.dataset import Normalizer
     from smiling_ros.smiling.config import SmilingSection
-    from smiling_ros.smiling.score import DSCost, ScorePlayer, batch_iterator, pretrain_expert, t_max_of
+    from smiling_ros.smiling.score import DSCost, ScorePlayer, batch_iterator, pretrain_expert
 
     torch.manual_seed(0)
     x_exp = arm_states("scripted", 10, seed=1)
@@ -84,30 +90,29 @@ def part_a(args):
     x_lrn = np.concatenate([arm_states("scripted", 10, seed=900, noise=0.6), arm_states("random", 10, seed=901)])
     x_lrn_test = np.concatenate([arm_states("scripted", 3, seed=950, noise=0.6), arm_states("random", 3, seed=951)])
     nets = {}
-    needed = {(sch, "all" if est["min_abar"] == 0 else "informative") for _, sch, est in ESTIMATORS}
-    for name, sch in SCHEDULES.items():
-        for rng_name, min_abar in (("all", 0.0), ("informative", 1e-3)):
-            if (name, rng_name) not in needed:
-                continue
+    needed = {(sch, est["min_abar"], est["min_sigma"]) for _, sch, est in ESTIMATORS}
+    for name, min_abar, min_sigma in sorted(needed):
+        if True:
+            sch = SCHEDULES[name]
             opts = SmilingSection(expert_steps=args.expert_steps, score_hidden=256, score_batch=1024,
-                                  min_abar=min_abar, **sch)
+                                  min_abar=min_abar, min_sigma=min_sigma, **sch)
             exp, norm, _ = pretrain_expert(x_exp, opts, torch.device("cpu"), seed=0)
-            lrn = ScorePlayer(x_exp.shape[1], exp.schedule, exp.t_max, 256, 1, 5e-3)
+            lrn = ScorePlayer(x_exp.shape[1], exp.schedule, exp.t_max, 256, 1, 5e-3, t_min=exp.t_min)
             lrn.load_from(exp)
             xl = torch.as_tensor(norm.normalize(x_lrn)).clamp(-10, 10)
             lrn.fit(batch_iterator(xl, 1024), args.learner_steps)
-            nets[(name, rng_name)] = (exp, lrn, norm)
+            nets[(name, min_abar, min_sigma)] = (exp, lrn, norm)
     rows = []
     xs_e = torch.as_tensor(x_hold)
     xs_l = torch.as_tensor(x_lrn_test)
     batch = torch.as_tensor(np.concatenate([x_hold, x_lrn_test])[np.random.default_rng(0).choice(
         len(x_hold) + len(x_lrn_test), 256)])
     for label, sch_name, est in ESTIMATORS:
-        exp, lrn, norm = nets[(sch_name, "all" if est["min_abar"] == 0 else "informative")]
-        t_max = t_max_of(exp.schedule, est["min_abar"])
+        exp, lrn, norm = nets[(sch_name, est["min_abar"], est["min_sigma"])]
+        t_min, t_max = exp.t_min, exp.t_max
         mode = est["timesteps"]
         cost = DSCost(exp.net, lrn.net, exp.schedule, norm, est["K"], t_max,
-                      "stratified" if mode == "iid" else mode, 0.1)
+                      "stratified" if mode == "iid" else mode, 0.1, t_min=t_min)
 
         def estimate(x, K=None):
             if mode == "iid":  # K independent uniform draws (no stratification), for comparison
@@ -116,7 +121,7 @@ def part_a(args):
 
         torch.manual_seed(1)
         r_e, r_l = estimate(xs_e).numpy(), estimate(xs_l).numpy()
-        ref = DSCost(exp.net, lrn.net, exp.schedule, norm, 1024, t_max, "stratified")
+        ref = DSCost(exp.net, lrn.net, exp.schedule, norm, 1024, t_max, "stratified", t_min=t_min)
         both = torch.cat([xs_e, xs_l])
         r_ref = ref.raw(both).numpy()
         r_est = estimate(both).numpy()
@@ -126,7 +131,7 @@ def part_a(args):
         if mode == "grid":
             ts = (torch.arange(est["K"]) * t_max / est["K"]).long()
         else:
-            ts = torch.randint(0, t_max, (20000,))
+            ts = torch.randint(t_min, t_max, (20000,))
         noise_frac = float((abar[ts] < 1e-3).float().mean())
         # wall-clock per SAC batch of 256 states (both nets), median of repeats
         reps = 20 if est["K"] <= 64 else 5
@@ -135,17 +140,18 @@ def part_a(args):
             t0 = time.perf_counter()
             estimate(batch)
             times.append(time.perf_counter() - t0)
-        rows.append({"estimator": label, "schedule": sch_name, **est, "t_max": t_max, "auc": auc,
+        rows.append({"estimator": label, "schedule": sch_name, **est, "t_min": t_min, "t_max": t_max, "auc": auc,
                      "reliability": reliability, "noise_frac": noise_frac, "rows_per_batch256": 256 * est["K"],
                      "ms_per_batch256": 1000 * float(np.median(times))})
-        print(f"{label:42s} auc {auc:.3f}  reliability {reliability:.3f}  noise {noise_frac:.2f}  "
+        print(f"{label:52s} auc {auc:.3f}  reliability {reliability:.3f}  noise {noise_frac:.2f}  "
               f"rows {256 * est['K']:7d}  {rows[-1]['ms_per_batch256']:8.2f} ms", flush=True)
     return {"expert_states": len(x_exp), "learner_states": len(x_lrn), "expert_steps": args.expert_steps,
             "learner_steps": args.learner_steps, "rows": rows}
 
 
 RUN_CONFIGS = {
-    "official_T5000_grid_K500": dict(T=5000, K=500, timesteps="grid", min_abar=0.0),
+    "official_T5000_grid_K500": dict(T=5000, K=500, timesteps="grid", min_abar=0.0, min_sigma=0.0),
+    "T1000_K4_sigma0": dict(K=4, min_sigma=0.0),
     "T1000_K1": dict(K=1),
     "T1000_K4 (default)": dict(K=4),
     "T1000_K16": dict(K=16),

@@ -97,17 +97,28 @@ def deploy(cfg, checkpoint: Path, episodes: int, time_scale: float, out_bag: Pat
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="smiling_ros_deploy_") as tmp:
         logs = Path(tmp)
-        recorder = Child("recorder_node", "smiling_ros.nodes.recorder_node", {
-            "config": cfg.path, "output": str(out_bag), "max_episodes": episodes, "use_sim_time": True},
-            env, logs, on_line)
-        controller = Child("controller_node", "smiling_ros.nodes.controller_node", {
-            "config": cfg.path, "checkpoint": str(checkpoint), "control_rate_hz": rate,
-            "follow_announcements": False}, env, logs)
-        sim = Child("sim_node", "smiling_ros.nodes.sim_node", {
-            "config": cfg.path, "mode": "realtime", "time_scale": time_scale, "publish_clock": True,
-            "max_episodes": episodes, "wait_for_subscribers": 1, "seed": seed}, env, logs)
-        children = [recorder, controller, sim]
+        children: list = []
         try:
+            recorder = Child("recorder_node", "smiling_ros.nodes.recorder_node", {
+                "config": cfg.path, "output": str(out_bag), "max_episodes": episodes, "use_sim_time": True},
+                env, logs, on_line)
+            children.append(recorder)
+            controller = Child("controller_node", "smiling_ros.nodes.controller_node", {
+                "config": cfg.path, "checkpoint": str(checkpoint), "control_rate_hz": rate,
+                "follow_announcements": False}, env, logs)
+            children.append(controller)
+            # The robot starts its first episode only once the controller is commanding.
+            while "active: commanding" not in controller.log_path.read_text():
+                rc = controller.poll()
+                if rc is not None:
+                    raise UserError(f"controller_node exited with status {rc}: {controller.last_error()}")
+                if time.monotonic() - t0 > 120:
+                    raise UserError("controller_node did not activate within 120 s")
+                time.sleep(0.1)
+            sim = Child("sim_node", "smiling_ros.nodes.sim_node", {
+                "config": cfg.path, "mode": "realtime", "time_scale": time_scale, "publish_clock": True,
+                "max_episodes": episodes, "wait_for_subscribers": 1, "seed": seed}, env, logs)
+            children.append(sim)
             while recorder.poll() is None:
                 for c in (controller, sim):
                     rc = c.poll()

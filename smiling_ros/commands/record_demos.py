@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from smiling_ros.errors import UserError
 from smiling_ros.processes import Child

@@ -410,6 +410,9 @@ def make_executor(kind: str, context: Any = None) -> tuple[Any, str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``controller_node``; returns the exit status (2: bad parameters)."""
+    from smiling_ros.runtime import limit_threads
+
+    limit_threads()
     from smiling_ros.rosenv import ensure_local_dds
 
     ensure_local_dds()

@@ -329,6 +329,9 @@ class RecorderNode(Node):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``recorder_node`` (also ``ros2 run smiling_ros recorder_node``)."""
+    from smiling_ros.runtime import limit_threads
+
+    limit_threads()
     return run_node(NODE_NAME, RecorderNode, argv)
 
 

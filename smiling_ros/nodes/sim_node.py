@@ -354,6 +354,9 @@ class SimNode(Node):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``sim_node`` (also ``ros2 run smiling_ros sim_node``)."""
+    from smiling_ros.runtime import limit_threads
+
+    limit_threads()
     return run_node(NODE_NAME, SimNode, argv)
 
 

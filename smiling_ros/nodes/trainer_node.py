@@ -359,6 +359,9 @@ class TrainerNode(Node):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``trainer_node`` (also ``ros2 run smiling_ros trainer_node``)."""
+    from smiling_ros.runtime import limit_threads
+
+    limit_threads()
     holder: dict[str, TrainerNode] = {}
 
     def factory() -> TrainerNode:

@@ -62,10 +62,12 @@ def train_bc(cfg, dataset, out_dir, env_fn=None, steps: Optional[int] = None, de
     if len(dataset.obs) < 2:
         raise UserError(f"{name}: needs at least 2 demonstration pairs for BC")
     out = Path(out_dir)
+    if (out / "policy.safetensors").exists():
+        raise UserError(f"{out}: already holds a trained policy; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("train.csv", "eval.csv"):
+    for f in ("train.csv", "eval.csv"):  # logs of an interrupted earlier attempt
         if (out / f).exists():
-            os.replace(out / f, out / f"{f}.prev")  # a rerun starts its logs fresh; the old ones are kept aside
+            os.replace(out / f, out / f"{f}.prev")
 
     norm = Normalizer.fit(dataset.obs)
     obs_n = torch.as_tensor(norm.normalize(dataset.obs), device=dev)

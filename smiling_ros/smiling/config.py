@@ -90,7 +90,8 @@ class SmilingSection:
     T: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    min_abar: float = 1e-3  # timesteps are drawn only where abar_t > min_abar (0: all T)
+    min_abar: float = 1e-3  # timesteps are drawn only where abar_t > min_abar (0: all T) ...
+    min_sigma: float = 0.5  # ... and the noise level sqrt(1 - abar_t) >= min_sigma (0: from t = 0)
     K: int = 4  # timesteps per state in the cost
     timesteps: str = "stratified"  # 'stratified' (one per stratum, per state) | 'grid' (official)
     # --- score nets (official: 1 hidden layer of 256, AdamW lr 5e-3, batch 1024)
@@ -132,6 +133,8 @@ class SmilingSection:
             raise UserError(f"{where}: need 0 < beta_start < beta_end < 1")
         if self.reward_clip >= 0.5:
             raise UserError(f"{where}.reward_clip: a quantile below 0.5, got {self.reward_clip}")
+        if not 0 <= self.min_sigma < 1:
+            raise UserError(f"{where}.min_sigma: in [0, 1), got {self.min_sigma}")
         if self.min_abar >= 1:
             raise UserError(f"{where}.min_abar: must be < 1, got {self.min_abar}")
 

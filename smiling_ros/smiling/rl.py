@@ -57,13 +57,19 @@ def build_sac(env, opts, device: torch.device, seed: int, buffer_cls=None):
 
     from smiling_ros.smiling.buffer import RelabelingReplayBuffer
 
-    return SAC(
+    from stable_baselines3.common.logger import Logger
+
+    model = SAC(
         "MlpPolicy", env, learning_rate=opts.lr, buffer_size=opts.buffer_size, learning_starts=opts.learning_starts,
         batch_size=opts.batch_size, tau=opts.tau, gamma=opts.gamma, train_freq=opts.train_freq,
         gradient_steps=opts.gradient_steps, ent_coef=f"auto_{opts.ent_coef_init}",
         replay_buffer_class=buffer_cls or RelabelingReplayBuffer,
         policy_kwargs={"net_arch": list(opts.hidden)}, seed=seed, device=device, verbose=0,
     )
+    # An in-memory logger (the trainer reads name_to_value and writes its own CSV); SB3's default
+    # would create an empty /tmp/SB3-<date> directory per run.
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def sac_state(model) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

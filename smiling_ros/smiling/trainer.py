@@ -405,6 +405,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             def __init__(self):
                 super().__init__()
                 self.stop = False
+                self.mark = None  # (step, time, eval+checkpoint time) when SAC's updates started
                 self.prev = model.num_timesteps
                 self.last_ckpt = model.num_timesteps if resume else -1
                 self.bar = None
@@ -425,6 +426,8 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                 if step == prev or self.stop:
                     return
                 self.prev = step
+                if self.mark is None and step >= sac_o.learning_starts:  # SAC updates start: time from here
+                    self.mark = (step, time.perf_counter(), t_eval.total + t_ckpt.total)
                 if self.bar is not None:
                     self.bar.update(step - prev)
                 if reward_model is not None:
@@ -498,12 +501,17 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         ppath = out / "policy.safetensors"
         steps_run = final - start_step
         train_time = wall - t_eval.total - t_ckpt.total
+        upd = None
+        if loop.mark is not None and final > loop.mark[0]:
+            m_step, m_time, m_other = loop.mark
+            upd = ((t_start + wall - m_time) - (t_eval.total + t_ckpt.total - m_other)) / (final - m_step)
         summary = {
             "method": method, "task": task, "variant": base_meta["variant"], "seed": seed, "steps": final,
             "stopped_early": loop.stop, "policy": str(ppath), "references": references,
             "final_eval": (eval_log.read() or [None])[-1],
             "wall_clock": {"setup_s": t_setup, "steps_this_session": steps_run, "train_s": train_time,
                            "train_s_per_step": train_time / steps_run if steps_run else None,
+                           "update_phase_s_per_step": upd,  # after learning_starts: env step + SAC update (+ reward)
                            "reward_s": t_reward.total, "learner_s": t_learner.total, "eval_s": t_eval.total,
                            "checkpoint_s": t_ckpt.total},
             "reward_metrics": dict(reward_model.metrics) if reward_model is not None else None,
