@@ -45,7 +45,7 @@ def world_model(data):
                        ensemble_steps=1200, reward_steps=300, rollouts_per_round=32, rollout_every=100,
                        env_horizon=60, td3bc=TD3BCConfig(steps=200, batch_size=64, hidden=[64, 64]))
     space = gym.make(ENV).action_space
-    return train_world_model(data[0], cfg, space.low, space.high, seed=0, progress=False)
+    return train_world_model(data[0], cfg, space.low, space.high, seed=0, progress=False, max_episode_steps=200)
 
 
 def test_dydiff_rollouts_stay_closer_to_mujoco_than_single_step_ensemble(data, world_model):
@@ -77,8 +77,15 @@ def test_policy_injected_rollouts_filter_and_relabel(data, world_model):
     torch.testing.assert_close(out["actions"], policy(out["states"].flatten(0, 1)).view(40, H, 1))
     tr = world_model.filtered_transitions(s0, policy, torch.Generator().manual_seed(1))
     kept = int(tr["kept"])
-    assert 1 <= kept <= round(0.6 * 40) and tr["obs"].shape == (kept * (H - 1), 4)
-    assert torch.isfinite(tr["reward"]).all()
+    assert 1 <= kept <= round(0.6 * 40) and 0 < tr["obs"].shape[0] <= kept * (H - 1)
+    assert torch.isfinite(tr["reward"]).all() and set(tr["done"].unique().tolist()) <= {0.0, 1.0}
+    # the pole falls in the recorded episodes: the termination model learned where episodes end
+    ds = data[0]
+    last = ds.episode_ends - 1
+    others = np.setdiff1d(np.arange(len(ds.obs)), last)
+    term = world_model.is_terminal
+    assert term(torch.as_tensor(ds.obs[last])).float().mean() > 0.5
+    assert term(torch.as_tensor(ds.obs[others])).float().mean() < 0.2
 
 
 def test_offline_learner_mixes_synthetic_batches(data, world_model, tmp_path):

@@ -142,9 +142,9 @@ def main() -> None:
     wcfg = dataclasses.replace(wcfg, steps=a.wm_steps, ensemble_steps=a.wm_steps, reward_steps=min(2000, a.wm_steps),
                                rollout_every=1000, td3bc=dataclasses.replace(wcfg.td3bc, steps=a.td3_steps))
     t0 = time.time()
-    wm = train_world_model(demos, wcfg, low, high, seed=0, progress=False)
+    wm = train_world_model(demos, wcfg, low, high, seed=0, progress=False, max_episode_steps=cfg.task.max_episode_steps)
     res["world_model"] = {"train_wall_s": time.time() - t0, "horizon": wm.H, "T": wcfg.T, "steps": a.wm_steps,
-                          "reward": wm.meta["reward_kind"]}
+                          "reward": wm.meta["reward_kind"], "termination_model": wm.termination is not None}
     print(f"[{task_id}] world model trained in {time.time() - t0:.0f} s", flush=True)
     art = Path("bench/offline/out")
     demos.save(art / f"{a.task}_demos")

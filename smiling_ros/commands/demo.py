@@ -29,7 +29,7 @@ from smiling_ros.errors import UserError
 
 # env steps / gradient steps per budget; 'default' fits ~10 min on a 2-core CPU.
 BUDGETS: dict[str, dict[str, int]] = {
-    "quick": {"episodes": 10, "smiling_steps": 3000, "bc_steps": 1000, "bridger_steps": 1000, "eval": 10, "deploy": 5},
+    "quick": {"episodes": 10, "smiling_steps": 6000, "bc_steps": 1000, "bridger_steps": 1000, "eval": 10, "deploy": 5},
     "default": {"episodes": 20, "smiling_steps": 12000, "bc_steps": 3000, "bridger_steps": 3000, "eval": 20,
                 "deploy": 10},
     "long": {"episodes": 50, "smiling_steps": 60000, "bc_steps": 10000, "bridger_steps": 10000, "eval": 50,

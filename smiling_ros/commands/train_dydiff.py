@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     task = ds.meta.get("task") or cfg.task.env
     wm = train_world_model(ds, dcfg, low, high, seed=seed, log_prefix=out.with_name(out.stem + "_log"),
-                           progress=not args.quiet, meta={"task": task, "dataset": str(args.dataset)})
+                           progress=not args.quiet, meta={"task": task, "dataset": str(args.dataset)},
+                           max_episode_steps=cfg.task.max_episode_steps)
     path = wm.save(out, {"config": cfg.to_dict()})
     print(f"wrote {path} (world model, H={wm.H}, reward: {wm.meta['reward_kind']}, {wm.meta['train_wall_s']:.0f} s)")
     if args.policy_out:

@@ -139,6 +139,7 @@ def collect_dataset(env, act_fn, episodes: int, seed: int = 0, max_steps: Option
     episode is stored with the action the policy chooses there and reward 0 (the dataset convention:
     every row is a state with its command)."""
     eps, rews, succ = [], [], []
+    reports_success = False
     for ep in range(episodes):
         o, _ = env.reset(seed=seed + ep)
         if on_reset is not None:
@@ -151,7 +152,9 @@ def collect_dataset(env, act_fn, episodes: int, seed: int = 0, max_steps: Option
             acts.append(a)
             rs.append(r)
             obs.append(o)
-            success = success or bool(info.get("is_success", info.get("success", False)))
+            if "is_success" in info or "success" in info:
+                reports_success = True
+                success = success or bool(info.get("is_success", info.get("success", False)))
             k += 1
             done = term or trunc or (max_steps is not None and k >= max_steps)
         acts.append(np.asarray(act_fn(o), np.float32))  # what the policy would do in the final state
@@ -159,7 +162,7 @@ def collect_dataset(env, act_fn, episodes: int, seed: int = 0, max_steps: Option
         eps.append((np.asarray(obs, np.float32), np.asarray(acts, np.float32)))
         rews.append(np.asarray(rs, np.float32))
         succ.append(success)
-    ds = Dataset.from_episodes(eps, {"task": task, "source": "collect_dataset"}, succ)
+    ds = Dataset.from_episodes(eps, {"task": task, "source": "collect_dataset"}, succ if reports_success else None)
     ds.reward = np.concatenate(rews)
     space = env.action_space
     ds.meta.update(action_low=space.low.tolist(), action_high=space.high.tolist())

@@ -268,6 +268,59 @@ def train_reward(ds: Dataset, kind: str, steps: int, lr: float, batch_size: int,
     return rm
 
 
+class TerminationModel(nn.Module):
+    """p(episode ends in s) from the states at which recorded episodes ended before their time limit
+    (a hopper that fell); without it, synthetic rollouts would carry on past a fall as if nothing
+    happened and the offline learner would value falling states. Logit MLP on z-scored s: (B,)."""
+
+    def __init__(self, obs_dim: int, hidden: int = 64, obs_norm: Optional[Normalizer] = None):
+        super().__init__()
+        self.obs_dim, self.hidden = obs_dim, hidden
+        self.obs_norm = obs_norm or Normalizer.identity(obs_dim)
+        self.net = mlp([obs_dim, hidden, hidden, 1], "mish")
+
+    def hparams(self) -> dict:
+        return dict(obs_dim=self.obs_dim, hidden=self.hidden, obs_norm=self.obs_norm.to_dict())
+
+    @classmethod
+    def from_hparams(cls, h: dict) -> "TerminationModel":
+        return cls(h["obs_dim"], h["hidden"], Normalizer.from_dict(h["obs_norm"]))
+
+    def logit(self, s: torch.Tensor) -> torch.Tensor:
+        return self.net(self.obs_norm.normalize(s)).squeeze(-1)
+
+    @torch.no_grad()
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """(..., ds) -> (...) bool: terminal."""
+        return self.logit(s.reshape(-1, self.obs_dim)).view(s.shape[:-1]) > 0
+
+
+def train_termination(ds: Dataset, max_episode_steps: Optional[int], steps: int, lr: float, batch_size: int,
+                      gen: torch.Generator, obs_norm: Normalizer) -> Optional[TerminationModel]:
+    """None when no episode ended before ``max_episode_steps`` (nothing to learn: no terminations)."""
+    if not max_episode_steps or steps == 0:
+        return None
+    lengths = np.diff(np.concatenate([[0], ds.episode_ends]))
+    pos = (ds.episode_ends - 1)[lengths < int(max_episode_steps)]
+    if len(pos) == 0:
+        return None
+    neg = np.setdiff1d(np.arange(len(ds.obs)), pos)
+    P, N = torch.as_tensor(ds.obs[pos]), torch.as_tensor(ds.obs[neg])
+    tm = TerminationModel(ds.obs_dim, obs_norm=obs_norm)
+    opt = torch.optim.Adam(tm.net.parameters(), lr=lr, weight_decay=1e-4)
+    half = max(1, batch_size // 2)
+    y = torch.cat([torch.ones(half), torch.zeros(half)])
+    for _ in range(steps):  # balanced batches: terminal states are rare
+        x = torch.cat([P[torch.randint(0, len(P), (half,), generator=gen)],
+                       N[torch.randint(0, len(N), (half,), generator=gen)]])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(tm.logit(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    tm.eval()
+    return tm
+
+
 # ----------------------------------------------------------------------------------------- world model
 class WorldModel:
     """The DyDiff world model: window diffusion + single-step ensemble + reward, with rollouts."""
@@ -277,8 +330,10 @@ class WorldModel:
     def __init__(self, net: ScoreNet, schedule: NoiseSchedule, ensemble: DynamicsEnsemble, reward: RewardModel,
                  obs_norm: Normalizer, act_norm: Normalizer, win_norm: Normalizer, H: int,
                  low: np.ndarray, high: np.ndarray, start_states: np.ndarray, state_lo: np.ndarray,
-                 state_hi: np.ndarray, cfg: DyDiffConfig, meta: Optional[dict[str, Any]] = None):
+                 state_hi: np.ndarray, cfg: DyDiffConfig, meta: Optional[dict[str, Any]] = None,
+                 termination: Optional[TerminationModel] = None):
         self.net, self.schedule, self.ensemble, self.reward = net.eval(), schedule, ensemble.eval(), reward.eval()
+        self.termination = termination.eval() if termination is not None else None
         self.obs_norm, self.act_norm, self.win_norm, self.H = obs_norm, act_norm, win_norm, int(H)
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
         self.start_states = np.asarray(start_states, np.float32)
@@ -294,6 +349,13 @@ class WorldModel:
     def in_support(self, s: torch.Tensor) -> torch.Tensor:
         """(..., ds) -> (...) bool: inside the data's range widened by ``support_margin`` stds."""
         return ((s >= torch.as_tensor(self.state_lo)) & (s <= torch.as_tensor(self.state_hi))).all(-1)
+
+    def is_terminal(self, s: torch.Tensor) -> torch.Tensor:
+        """(..., ds) -> (...) bool: the episode ends in s (learned termination, or out of support)."""
+        out = ~self.in_support(s)
+        if self.termination is not None:
+            out = out | self.termination(s)
+        return out
 
     def window_cond(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """s0 (B, ds), actions (B, H-1, da) -> conditioning vector (B, ds + (H-1) da)."""
@@ -334,7 +396,8 @@ class WorldModel:
 
         With ``policy``: actions are relabelled a_i <- pi(s_i) after each refinement. With fixed
         ``actions`` (B, H-1, da) the same refinements run open loop (used to measure model error).
-        Returns states (B, H, ds), actions (B, H, da), rewards (B, H-1), score (B,), valid (B,)."""
+        Returns states (B, H, ds), actions (B, H, da), rewards (B, H-1), dones (B, H-1) (s_{i+1} terminal),
+        alive (B, H-1) (no terminal state before step i), score (B,): summed reward while alive."""
         K = self.cfg.refinements if K is None else K
         S, A = self.ensemble_rollout(s0, policy, actions, gen)
         for _ in range(K):
@@ -344,33 +407,38 @@ class WorldModel:
                 A = self.clip_action(policy(S.flatten(0, 1))).view(A.shape)
         B = s0.shape[0]
         r = self.reward(S[:, :-1].flatten(0, 1), A[:, :-1].flatten(0, 1)).view(B, self.H - 1)
-        valid = self.in_support(S).all(1)
-        score = torch.where(valid, r.sum(1), torch.full_like(r[:, 0], -float("inf")))
-        return {"states": S, "actions": A, "rewards": r, "score": score, "valid": valid}
+        done = self.is_terminal(S[:, 1:])
+        alive = torch.cat([torch.ones_like(done[:, :1]), ~done[:, :-1]], 1).cumprod(1).bool()
+        score = (r * alive).sum(1)
+        return {"states": S, "actions": A, "rewards": r, "dones": done, "alive": alive, "score": score,
+                "valid": alive.any(1)}
 
     @torch.no_grad()
     def filtered_transitions(self, s0: torch.Tensor, policy: PolicyFn, gen: Optional[torch.Generator] = None
                              ) -> dict[str, torch.Tensor]:
-        """Rollouts from s0, keep the best ``keep_fraction`` (valid ones only), flattened into
-        transitions obs/act/reward/next_obs (M, .)."""
+        """Rollouts from s0, keep the best ``keep_fraction`` by score, flattened into transitions
+        obs/act/reward/next_obs/done (M, .), each rollout cut after its first terminal state."""
         out = self.rollout(s0, policy, gen=gen)
         n_keep = max(1, int(round(self.cfg.keep_fraction * s0.shape[0])))
         order = torch.argsort(out["score"], descending=True)[:n_keep]
-        order = order[out["valid"][order]]
         S, A, R = out["states"][order], out["actions"][order], out["rewards"][order]
-        return {"obs": S[:, :-1].flatten(0, 1), "act": A[:, :-1].flatten(0, 1), "reward": R.flatten(),
-                "next_obs": S[:, 1:].flatten(0, 1), "kept": torch.tensor(len(order))}
+        m = out["alive"][order].flatten()  # transitions up to and including the first terminal one
+        return {"obs": S[:, :-1].flatten(0, 1)[m], "act": A[:, :-1].flatten(0, 1)[m], "reward": R.flatten()[m],
+                "next_obs": S[:, 1:].flatten(0, 1)[m], "done": out["dones"][order].flatten()[m].float(),
+                "kept": torch.tensor(len(order))}
 
     # -------------------------------------------------------------- io
     def save(self, path: str | Path, extra_meta: Optional[dict[str, Any]] = None) -> Path:
         tensors = {**module_tensors("window", self.net), **module_tensors("ensemble", self.ensemble),
                    **module_tensors("reward", self.reward),
+                   **(module_tensors("termination", self.termination) if self.termination is not None else {}),
                    "start_states": torch.as_tensor(self.start_states)}
         meta = {
             "kind": self.KIND, "obs_dim": self.obs_dim, "act_dim": self.act_dim, "horizon": self.H,
             "window_net": self.net.hparams(), "T": self.schedule.T, "schedule": self.schedule.kind,
             "ensemble": self.ensemble.hparams(), "ensemble_norms": self.ensemble.norms(),
             "reward_model": self.reward.hparams(),
+            "termination": self.termination.hparams() if self.termination is not None else None,
             "obs_norm": self.obs_norm.to_dict(), "act_norm": self.act_norm.to_dict(), "win_norm": self.win_norm.to_dict(),
             "action_low": self.low.tolist(), "action_high": self.high.tolist(),
             "state_lo": self.state_lo.tolist(), "state_hi": self.state_hi.tolist(),
@@ -392,10 +460,14 @@ class WorldModel:
             ens.load_norms(m["ensemble_norms"])
             rew = RewardModel.from_hparams(m["reward_model"])
             rew.load_state_dict(ck.sub("reward"))
+            term = None
+            if m.get("termination"):
+                term = TerminationModel.from_hparams(m["termination"])
+                term.load_state_dict(ck.sub("termination"))
             return cls(net, make_schedule(int(m["T"]), m["schedule"]), ens, rew, Normalizer.from_dict(m["obs_norm"]),
                        Normalizer.from_dict(m["act_norm"]), Normalizer.from_dict(m["win_norm"]), int(m["horizon"]),
                        np.asarray(m["action_low"]), np.asarray(m["action_high"]), ck.tensors["start_states"].numpy(),
-                       np.asarray(m["state_lo"]), np.asarray(m["state_hi"]), cfg, {"task": m.get("task", "")})
+                       np.asarray(m["state_lo"]), np.asarray(m["state_hi"]), cfg, {"task": m.get("task", "")}, term)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise UserError(f"{ck.path}: inconsistent dydiff checkpoint ({str(exc).splitlines()[0]})") from None
 
@@ -408,8 +480,9 @@ class WorldModel:
 
 def train_world_model(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.ndarray, *, seed: int = 0,
                       log_prefix: Optional[str | Path] = None, progress: bool = True,
-                      meta: Optional[dict[str, Any]] = None) -> WorldModel:
-    """Fit the window model, the ensemble and the reward model on ``ds``; returns the world model."""
+                      meta: Optional[dict[str, Any]] = None, max_episode_steps: Optional[int] = None) -> WorldModel:
+    """Fit the window model, the ensemble, the reward model and (when episodes shorter than
+    ``max_episode_steps`` show terminations) a termination model on ``ds``; returns the world model."""
     t0 = time.time()
     S_win, A_win = windows(ds, cfg.horizon)  # validates actions and lengths first
     gen = seed_everything(seed)
@@ -454,13 +527,14 @@ def train_world_model(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.
     kind = cfg.reward if cfg.reward != "auto" else ("learned" if ds.reward is not None else "cost")
     rew = train_reward(ds, kind, cfg.reward_steps, cfg.lr, cfg.batch_size, gen, obs_norm, act_norm, progress, log,
                        cfg.log_every, cfg.steps + cfg.ensemble_steps)
+    term = train_termination(ds, max_episode_steps, cfg.reward_steps, cfg.lr, cfg.batch_size, gen, obs_norm)
     if log is not None:
         log.close("DyDiff world model")
     std = obs_norm.std
     lo, hi = ds.obs.min(0) - cfg.support_margin * std, ds.obs.max(0) + cfg.support_margin * std
     starts = ds.obs[np.concatenate([[0], ds.episode_ends[:-1]]).astype(int)]
     wm = WorldModel(net, sched, ens, rew, obs_norm, act_norm, win_norm, H, low, high, starts, lo, hi, cfg,
-                    {"task": ds.meta.get("task", ""), "reward_kind": kind, "train_wall_s": 0.0, **(meta or {})})
+                    {"task": ds.meta.get("task", ""), "reward_kind": kind, "train_wall_s": 0.0, **(meta or {})}, term)
     wm.meta["train_wall_s"] = time.time() - t0
     return wm
 
@@ -515,7 +589,7 @@ def train_offline(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.ndar
             t = world_model.filtered_transitions(s0, agent.act_torch, gen)
             kept = int(t["kept"])
             synth.add(t["obs"].numpy(), t["act"].numpy(), t["reward"].numpy(), t["next_obs"].numpy(),
-                      np.zeros(len(t["obs"]), np.float32))
+                      t["done"].numpy())
         if synth is not None and len(synth) > 0 and n_synth > 0:
             b = ReplayBuffer.cat(real.sample(tcfg.batch_size - n_synth, gen), synth.sample(n_synth, gen))
         else:

@@ -8,8 +8,9 @@ ensemble's and the window model's — the DyDiff correction of compounding singl
 chunk boundaries because future actions are not known inside an env step.
 
 reward: the world model's reward model (learned r(s, a), or the demonstrations' diffusion cost).
-terminated: the state left the data's support (min/max widened by ``support_margin`` stds), where the
-model has no data to be right about. truncated: after ``horizon`` steps.
+terminated: the learned termination model says the episode ends here (e.g. a fall, learned from
+recorded episodes that ended early), or the state left the data's support (min/max widened by
+``support_margin`` stds), where the model has no data to be right about. truncated: after ``horizon`` steps.
 All randomness (start states, diffusion noise) derives from the env's ``np_random`` (seeded by reset).
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ class WorldModelEnv(gym.Env):
         if not self._chunk:
             self._anchor = self._s.copy()
         self._t += 1
-        terminated = not bool(self.model.in_support(torch.as_tensor(self._s)))
+        terminated = bool(self.model.is_terminal(torch.as_tensor(self._s)))
         truncated = self._t >= self.horizon
         return self._s.copy(), reward, terminated, truncated, {"world_model": True}
 
