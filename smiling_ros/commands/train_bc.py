@@ -27,14 +27,8 @@ def run(args) -> int:
     ds = Dataset.load(args.dataset)
     path = train_bc(cfg, ds, args.out, steps=args.steps, device=args.device, progress=not args.no_progress,
                     seed=args.seed)
+    from smiling_ros.commands.train_smiling import summary_line
+
     s = json.loads((Path(args.out) / "summary.json").read_text())
-    ev = s.get("final_eval") or {}
-    line = f"bc: {s['steps']} steps, loss {s['final_loss']:.4f}, policy {path}"
-    if ev:
-        line += f"; eval return {float(ev['mean_return']):.1f}"
-        if ev.get("normalized_return"):
-            line += f", normalised {float(ev['normalized_return']):.2f}"
-        if ev.get("success_rate"):
-            line += f", success {float(ev['success_rate']):.2f}"
-    print(line)
+    print(summary_line(f"bc: {s['steps']} steps, loss {s['final_loss']:.4f}, policy {path}", s.get("final_eval")))
     return 0

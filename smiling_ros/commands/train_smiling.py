@@ -63,15 +63,19 @@ def _report(out, path) -> None:
     from pathlib import Path
 
     s = json.loads((Path(out) / "summary.json").read_text())
-    ev = s.get("final_eval") or {}
-    line = f"{s['method']}: {s['steps']} env steps, policy {path}"
+    print(summary_line(f"{s['method']}: {s['steps']} env steps, policy {path}", s.get("final_eval")))
+
+
+def summary_line(line: str, ev) -> str:
+    """``line`` followed by a run's final evaluation (return, normalised return, success)."""
+    ev = ev or {}
     if ev:
         line += f"; eval return {float(ev['mean_return']):.1f}"
         if ev.get("normalized_return"):
             line += f", normalised {float(ev['normalized_return']):.2f}"
         if ev.get("success_rate"):
             line += f", success {float(ev['success_rate']):.2f}"
-    print(line)
+    return line
 
 
 def run(args) -> int:
