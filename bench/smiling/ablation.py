@@ -156,6 +156,7 @@ RUN_CONFIGS = {
     "T1000_K4 (default)": dict(K=4),
     "T1000_K16": dict(K=16),
     "cosine_T1000_K4": dict(schedule="cosine", K=4),
+    "T1000_K4_state_action": dict(K=4, variant="state_action"),
 }
 
 
