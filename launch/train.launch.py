@@ -2,6 +2,7 @@
 
     ros2 launch smiling_ros train.launch.py dataset:=runs/demos_ds out_dir:=runs/smiling
     ros2 launch smiling_ros train.launch.py backend:=ros ...   # RL over topics against sim_node
+    ros2 launch smiling_ros train.launch.py dataset:=runs/demos_ds n_envs:=4   # 4 simulator copies
 
 backend 'mujoco' steps the task in-process; backend 'ros' steps a robot over ROS 2 topics (here
 the simulated one, started in lockstep mode). The trainer announces each new policy checkpoint
@@ -12,6 +13,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import LaunchConfigurationEquals
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -26,6 +28,8 @@ def generate_launch_description():
         DeclareLaunchArgument("backend", default_value="mujoco", description="'mujoco' or 'ros'"),
         DeclareLaunchArgument("device", default_value="auto", description="'auto', 'cpu' or 'cuda'"),
         DeclareLaunchArgument("resume", default_value="false", description="continue from out_dir"),
+        DeclareLaunchArgument("n_envs", default_value="",
+                              description="backend 'mujoco': simulator copies; empty: the config's smiling.n_envs"),
         Node(
             package="smiling_ros",
             executable="sim_node",
@@ -47,6 +51,8 @@ def generate_launch_description():
                 "backend": LaunchConfiguration("backend"),
                 "device": LaunchConfiguration("device"),
                 "resume": LaunchConfiguration("resume"),
+                # Empty means "from the config": passed as a string so YAML never sees ''.
+                "n_envs": ParameterValue(LaunchConfiguration("n_envs"), value_type=str),
             }],
         ),
     ])

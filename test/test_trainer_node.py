@@ -280,8 +280,36 @@ def test_sigkill_then_resume_continues_to_the_same_step_count(files, tmp_path, r
     check_policy(str(out / "policy.safetensors"))
 
 
+def test_n_envs_parameter_overrides_config_and_ros_backend_uses_one_env(files, tmp_path, ros_env):
+    """mujoco backend: the n_envs parameter overrides the config's smiling.n_envs; ros backend:
+    one robot is one env, so the config's n_envs is not used (logged)."""
+    data = yaml.safe_load(Path(files["noeval"]).read_text())
+    data["smiling"]["n_envs"] = 2
+    cfg = tmp_path / "two_envs.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+
+    def node(*params):
+        return subprocess.run([sys.executable, "-m", "smiling_ros.nodes.trainer_node", "--ros-args"]
+                              + [x for p in (f"config:={cfg}", f"dataset:={files['demos']}", *params)
+                                 for x in ("-p", p)],
+                              env=child(ros_env), capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "run"
+    proc = node(f"out_dir:={out}", "steps:=100", "n_envs:=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mujoco backend, 4 envs" in proc.stderr
+    st = json.loads((out / "state.json").read_text())
+    assert st["step"] == 100 and st["n_envs"] == 4 and st["buffer"]["n_envs"] == 4
+
+    proc = node(f"out_dir:={tmp_path / 'robot'}", "backend:=ros", "timeout_s:=1.0")
+    assert "the config's smiling.n_envs=2 is not used" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "no observation on /observation" in proc.stderr  # no robot here
+
+
 @pytest.mark.parametrize("params, needle", [
     (["backend:=gazebo"], "parameter 'backend'"),
+    (["backend:=ros", "n_envs:=2"], "parameter 'n_envs': backend 'ros' steps one robot"),
+    (["n_envs:=0"], "parameter 'n_envs'"),
     (["dataset:=/nonexistent/demos"], "/nonexistent/demos"),
     (["backend:=ros", "timeout_s:=1.0"], "no observation on /observation within 1 s"),
     (["resume:=true"], "nothing to resume"),

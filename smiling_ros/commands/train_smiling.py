@@ -17,9 +17,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--n-envs", type=_n_envs, default=None, metavar="N",
+                   help="simulator copies stepped together (default: smiling.n_envs); counts stay in env steps")
     p.add_argument("--world-model", default=None, metavar="CKPT",
                    help="train against a DyDiff world model instead of the simulator")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _n_envs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1, got '{text}'")
+    return n
 
 
 def env_fns(cfg, world_model):
@@ -54,7 +66,7 @@ def run_method(args, method: str) -> int:
     env_fn, eval_fn = env_fns(cfg, args.world_model)
     path = run_loop(method, cfg, ds, args.out, env_fn=env_fn, eval_env_fn=eval_fn, total_steps=args.steps,
                     resume=args.resume, device=args.device, progress=not args.no_progress, variant=args.variant,
-                    seed=args.seed)
+                    seed=args.seed, n_envs=args.n_envs)
     _report(args.out, path)
     return 0
 

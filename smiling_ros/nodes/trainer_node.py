@@ -3,17 +3,20 @@
     trainer_node --ros-args -p config:=arm_reach -p dataset:=runs/demos_ds -p out_dir:=runs/smiling
     trainer_node --ros-args -p config:=arm_reach -p dataset:=runs/demos_ds -p backend:=ros   # + sim_node lockstep
     trainer_node --ros-args ... -p resume:=true        # continue out_dir after a crash or a stop
+    trainer_node --ros-args ... -p n_envs:=4           # mujoco backend: 4 simulator copies
 
 The same trainer as ``smiling-ros train-smiling`` (:func:`smiling_ros.smiling.trainer.train`),
 run on a worker thread, so the run directory, logs (train.csv, eval.csv, learning_curve.png)
 and checkpoints are the same. Backends:
 
-- ``mujoco``: the config's task stepped in-process (one env; the trainer does not vectorise).
+- ``mujoco``: the config's task stepped in-process, ``n_envs`` copies (parameter, else the
+  config's ``smiling.n_envs``) in one vectorised env; step counts stay in env steps over all copies.
 - ``ros``: :class:`smiling_ros.ros.env.RosRobotEnv` steps a robot over topics (observation
   fields of the config, commands on ``topics.command``, resets through ``reset_service``), e.g.
   ``sim_node --ros-args -p mode:=lockstep``. Periodic evaluation then runs on the task
   in-process when the config names one (never on the robot: it would cut training episodes);
-  without one (a real robot) there is no evaluation.
+  without one (a real robot) there is no evaluation. One robot is one env: the config's
+  ``smiling.n_envs`` is ignored here (logged), and the parameter ``n_envs`` > 1 is an error.
 
 Topics:
 
@@ -75,6 +78,8 @@ PARAMETERS: ParamSpec = {
     "timeout_s": (float, "backend 'ros': wait this long for an observation / the reset service [s]; default 5"),
     "end_grace_s": (float, "backend 'ros': wait this long after an observation for an episode end marker [s]"),
     "log_every": (int, "env steps between progress messages (and train.csv rows); unset: min(config, 100)"),
+    "n_envs": (int, "backend 'mujoco': simulator copies stepped together; unset: the config's smiling.n_envs "
+                    "(a resumed run keeps its own); backend 'ros' is always 1 env"),
     "policy_topic": (str, "new-checkpoint announcements; unset: the config's topics.policy"),
     "keep_policies": (int, "announced policy copies kept in out_dir/policies (oldest deleted); default 10"),
 }
@@ -108,6 +113,7 @@ class TrainerSettings:
     end_grace_s: float
     policy_topic: str
     keep_policies: int
+    n_envs: Optional[int] = None  # passed to the trainer; None: the config's (or a resumed run's)
 
 
 def read_settings(node: Node) -> TrainerSettings:
@@ -157,9 +163,20 @@ def read_settings(node: Node) -> TrainerSettings:
         smiling = {**cfg.smiling, "log_every": log_every or min(have, DEFAULT_LOG_EVERY)}
         cfg = dataclasses.replace(cfg, smiling=smiling)
         smiling_section(cfg)  # re-validate
+    n_envs = p("n_envs")
+    if n_envs is not None and n_envs < 1:
+        raise UserError(f"parameter 'n_envs': must be >= 1, got {n_envs}")
+    if backend == "ros" and method != "bc":
+        if n_envs is not None and n_envs > 1:
+            raise UserError(f"parameter 'n_envs': backend 'ros' steps one robot, so n_envs must be 1, got {n_envs} "
+                            f"(several simulator copies: backend:=mujoco)")
+        have = smiling_section(cfg).n_envs
+        if n_envs is None and have > 1:
+            node.get_logger().info(f"backend 'ros' steps one robot: the config's smiling.n_envs={have} is not used")
+        n_envs = 1
     return TrainerSettings(cfg, Path(dataset), Path(p("out_dir", "runs/smiling")), steps, backend, method,
                            p("device", "auto"), p("resume", False), p("seed"), reset_service, robot_mode,
-                           timeout_s, end_grace_s, policy_topic, keep)
+                           timeout_s, end_grace_s, policy_topic, keep, n_envs if method != "bc" else None)
 
 
 class TrainerNode(Node):
@@ -198,7 +215,8 @@ class TrainerNode(Node):
         self.total = s.steps
         resumed = self._last_ckpt = self._resume_step() if s.resume else None
         self.get_logger().info(
-            f"{s.method} on {s.cfg.task.env or 'robot'} ({s.backend} backend, device {self.device}), dataset "
+            f"{s.method} on {s.cfg.task.env or 'robot'} ({s.backend} backend{self._envs_text()}, device "
+            f"{self.device}), dataset "
             f"{s.dataset} ({len(self.dataset.obs)} states), out {s.out_dir}"
             + (f", resuming at step {resumed}" if resumed is not None else "")
             + f"; policies announced on {s.policy_topic}")
@@ -228,6 +246,16 @@ class TrainerNode(Node):
             return int(load_checkpoint(state).meta.get("step"))
         except (UserError, TypeError, ValueError):
             return None
+
+    def _envs_text(self) -> str:
+        """', N envs' for the start-up line when the run steps several env copies."""
+        s = self.settings
+        if s.method == "bc":
+            return ""
+        from smiling_ros.smiling.config import smiling_section
+
+        n = s.n_envs if s.n_envs is not None else smiling_section(s.cfg).n_envs
+        return f", {n} envs" if n > 1 else ""
 
     def _env_fns(self):
         """(env_fn, eval_env_fn, cfg) for the chosen backend."""
@@ -262,7 +290,7 @@ class TrainerNode(Node):
                 self.result = self.fn(cfg, self.dataset, s.out_dir, steps=s.steps, **common)
             else:
                 self.result = self.fn(cfg, self.dataset, s.out_dir, total_steps=s.steps, resume=s.resume,
-                                      eval_env_fn=eval_fn, **common)
+                                      eval_env_fn=eval_fn, n_envs=s.n_envs, **common)
             how = "stopped" if self._stop.is_set() else "finished"
             self.get_logger().info(f"training {how} at step {self._step}; policy {self.result}")
             self._publish_diag(0, f"{how} at step {self._step}")

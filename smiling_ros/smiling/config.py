@@ -108,6 +108,7 @@ class SmilingSection:
     absorbing: bool = True  # a true termination earns the batch's lowest reward forever after
     min_demo_states: int = 50
     # --- loop
+    n_envs: int = 1  # simulator copies stepped together (in-process backends); step counts stay in env steps
     eval_every: int = 5000
     eval_episodes: int = 5
     checkpoint_every: int = 10_000
@@ -127,6 +128,8 @@ class SmilingSection:
                      "learner_every", "learner_states", "learner_fifo", "min_demo_states", "eval_every",
                      "checkpoint_every", "log_every"):
             positive(getattr(self, name), where, name)
+        if self.n_envs < 1:
+            raise UserError(f"{where}.n_envs: number of parallel simulator copies, must be >= 1, got {self.n_envs}")
         for name in ("expert_steps", "reward_std", "min_abar", "eval_episodes", "reward_clip"):
             positive(getattr(self, name), where, name, allow_zero=True)
         if not 0 < self.beta_start < self.beta_end < 1:

@@ -130,9 +130,10 @@ class DacReward:
 
 
 def train_dac(cfg, dataset, out_dir, env_fn=None, total_steps=None, resume=False, device="auto", callback=None,
-              progress=True, variant=None, eval_env_fn=None, seed=None) -> Path:
+              progress=True, variant=None, eval_env_fn=None, seed=None, n_envs=None) -> Path:
     """DAC with the same loop, SAC and checkpoints as SMILING; returns ``out_dir/policy.safetensors``."""
     from smiling_ros.smiling.trainer import run
 
     return run("dac", cfg, dataset, out_dir, env_fn=env_fn, total_steps=total_steps, resume=resume, device=device,
-               callback=callback, progress=progress, variant=variant, eval_env_fn=eval_env_fn, seed=seed)
+               callback=callback, progress=progress, variant=variant, eval_env_fn=eval_env_fn, seed=seed,
+               n_envs=n_envs)

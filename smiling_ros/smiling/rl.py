@@ -52,17 +52,22 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 def build_sac(env, opts, device: torch.device, seed: int, buffer_cls=None):
-    """SB3 SAC with the options of a :class:`~smiling_ros.smiling.config.SacSection`."""
+    """SB3 SAC with the options of a :class:`~smiling_ros.smiling.config.SacSection`.
+
+    ``env``: a Gymnasium env or an SB3 VecEnv of ``n`` copies. SB3 counts ``train_freq`` in
+    vectorised steps (``n`` env steps each), so ``gradient_steps`` is multiplied by ``n``: the
+    updates per env step stay ``gradient_steps / train_freq`` whatever ``n`` (default 1)."""
     from stable_baselines3 import SAC
 
     from smiling_ros.smiling.buffer import RelabelingReplayBuffer
 
     from stable_baselines3.common.logger import Logger
 
+    n_envs = int(getattr(env, "num_envs", 1))
     model = SAC(
         "MlpPolicy", env, learning_rate=opts.lr, buffer_size=opts.buffer_size, learning_starts=opts.learning_starts,
         batch_size=opts.batch_size, tau=opts.tau, gamma=opts.gamma, train_freq=opts.train_freq,
-        gradient_steps=opts.gradient_steps, ent_coef=f"auto_{opts.ent_coef_init}",
+        gradient_steps=opts.gradient_steps * n_envs, ent_coef=f"auto_{opts.ent_coef_init}",
         replay_buffer_class=buffer_cls or RelabelingReplayBuffer,
         policy_kwargs={"net_arch": list(opts.hidden)}, seed=seed, device=device, verbose=0,
     )

@@ -11,16 +11,21 @@ Python API (used by ``smiling-ros train-smiling`` and by the trainer node)::
 - ``dataset``: :class:`smiling_ros.dataset.Dataset` of demonstrations (state-only is enough for
   ``variant='state'``; ``'state_action'`` needs actions).
 - ``env_fn() -> gymnasium.Env``: the env SAC acts in (default ``make_env_from_config(cfg)``).
-  It is called once for training; periodic evaluation uses one env from ``eval_env_fn``
-  (default: ``env_fn``), created once per run. Set ``smiling.eval_episodes: 0`` to skip
-  evaluation (e.g. a real robot).
+  It is called ``n_envs`` times for training (``smiling.n_envs``, default 1; the ``n_envs``
+  argument overrides it): each copy in a Monitor, all in one SB3 DummyVecEnv, copy i seeded
+  ``seed + i``. Every count (``total_steps``, log/eval/checkpoint/learner intervals,
+  ``learning_starts``, the learner FIFO, the replay buffer size) is in env steps summed over the
+  copies, a total is rounded up to a multiple of ``n_envs``, and SAC keeps one gradient step per
+  env step (``gradient_steps / train_freq``). Periodic evaluation uses one env from
+  ``eval_env_fn`` (default: ``env_fn``), created once per run. Set ``smiling.eval_episodes: 0``
+  to skip evaluation (e.g. a real robot, which is also always a single env).
 - ``callback(event: dict) -> bool | None``: called with ``{'step': int, 'metrics': {...}}`` at
   every log and evaluation (evaluation metrics are prefixed ``eval/``) and with
   ``{'step': int, 'checkpoint': str}`` whenever a new deployable policy is written. Returning
   ``False`` stops training cleanly: a checkpoint at the current step is written first.
 - Returns ``out_dir / 'policy.safetensors'`` (an ``mlp_policy``: the SAC actor's mean).
 - Extra keyword arguments: ``variant`` ('state' | 'state_action', overrides the config),
-  ``eval_env_fn``, ``seed``.
+  ``eval_env_fn``, ``seed``, ``n_envs``.
 
 Run directory::
 
@@ -31,7 +36,8 @@ Run directory::
     summary.json                  final figures and wall-clock split
 
 All files are written atomically. ``resume=True`` continues from ``state.safetensors`` to the
-same ``total_steps`` as an uninterrupted run; log rows after the checkpoint are dropped.
+same ``total_steps`` as an uninterrupted run, with the run's ``n_envs`` (the replay buffer's
+layout depends on it; asking for another is an error); log rows after the checkpoint are dropped.
 The same loop runs the DAC baseline (:func:`smiling_ros.smiling.dac.train_dac`) and plain SAC on
 the env reward (``run('sac', ...)``, used by ``train-expert`` and the benchmark).
 """
@@ -43,6 +49,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -69,11 +76,12 @@ def default_env_fn(cfg) -> EnvFn:
 
 def train(cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Optional[int] = None,
           resume: bool = False, device: str = "auto", callback: Optional[Callback] = None, progress: bool = True,
-          variant: Optional[str] = None, eval_env_fn: Optional[EnvFn] = None, seed: Optional[int] = None) -> Path:
+          variant: Optional[str] = None, eval_env_fn: Optional[EnvFn] = None, seed: Optional[int] = None,
+          n_envs: Optional[int] = None) -> Path:
     """SMILING (see the module docstring). Returns the deployable policy's path."""
     return run("smiling", cfg, dataset, out_dir, env_fn=env_fn, total_steps=total_steps, resume=resume,
                device=device, callback=callback, progress=progress, variant=variant, eval_env_fn=eval_env_fn,
-               seed=seed)
+               seed=seed, n_envs=n_envs)
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -83,6 +91,27 @@ def _space_dims(env) -> tuple[int, int]:
     if not isinstance(env.observation_space, spaces.Box) or not isinstance(env.action_space, spaces.Box):
         raise UserError("environment: SMILING/SAC need Box observation and action spaces")
     return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+
+def make_vec_env(envs: list):
+    """An SB3 DummyVecEnv over ``envs`` (already built), each in a Monitor (episode return and
+    length for the logs) unless it has one. The copies are stepped one after the other in this
+    process: an in-process MuJoCo step costs tens of microseconds, less than SubprocVecEnv's
+    inter-process round trip. SB3 seeds copy i with ``seed + i`` at its first reset."""
+    from stable_baselines3.common.env_util import is_wrapped
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    shapes = {(e.observation_space.shape, e.action_space.shape) for e in envs}
+    if len(shapes) > 1:
+        raise UserError(f"environment: the {len(envs)} env copies disagree on their spaces ({sorted(shapes)})")
+    wrapped = [e if is_wrapped(e, Monitor) else Monitor(e) for e in envs]
+    return DummyVecEnv([(lambda e=e: e) for e in wrapped])
+
+
+def round_to_envs(total: int, n_envs: int) -> int:
+    """``total`` env steps rounded up to a multiple of ``n_envs`` (one vectorised step steps every copy)."""
+    return -(-int(total) // n_envs) * n_envs
 
 
 def check_dataset(dataset, obs_dim: int, act_dim: int, variant: str, min_states: int, task: str) -> None:
@@ -209,10 +238,11 @@ class _Timer:
 def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Optional[int] = None,
         resume: bool = False, device: str = "auto", callback: Optional[Callback] = None, progress: bool = True,
         variant: Optional[str] = None, eval_env_fn: Optional[EnvFn] = None, seed: Optional[int] = None,
-        sac_opts=None, loop_opts: Optional[dict] = None) -> Path:
+        sac_opts=None, loop_opts: Optional[dict] = None, n_envs: Optional[int] = None) -> Path:
     """One RL run on SMILING's loop. ``method``: 'smiling' | 'dac' | 'sac' (env reward, no
     dataset needed). ``sac_opts`` overrides ``smiling.sac`` (train-expert passes ``expert.sac``);
-    ``loop_opts`` overrides other ``smiling`` keys (eval_every, checkpoint_every, ...)."""
+    ``loop_opts`` overrides other ``smiling`` keys (eval_every, checkpoint_every, ...);
+    ``n_envs`` overrides ``smiling.n_envs``."""
     import dataclasses
 
     from smiling_ros.device import select_device
@@ -235,8 +265,17 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                         f"or choose another --out")
     if resume and not state_path.exists():
         raise UserError(f"{out}: nothing to resume (no state.safetensors)")
+    if n_envs is not None and (isinstance(n_envs, bool) or int(n_envs) != n_envs or n_envs < 1):
+        raise UserError(f"n_envs: number of parallel simulator copies, must be an integer >= 1, got {n_envs}")
     ck = load_checkpoint(state_path) if resume else None
-    if ck is not None:  # a resumed run keeps its variant, seed and step budget unless told otherwise
+    if ck is not None:  # a resumed run keeps its variant, seed, env copies and step budget unless told otherwise
+        from smiling_ros.smiling.buffer import saved_n_envs
+
+        ck_envs = saved_n_envs(ck.tensors, ck.meta.get("buffer") or {})
+        if n_envs is not None and int(n_envs) != ck_envs:
+            raise UserError(f"{state_path}: the run steps {ck_envs} env copies (smiling.n_envs) and its replay "
+                            f"buffer is laid out for them; resume with n_envs {ck_envs}, not {n_envs}")
+        n_envs = ck_envs
         if variant is None and ck.meta.get("variant"):
             opts = dataclasses.replace(opts, variant=ck.meta["variant"])
         if seed is None and ck.meta.get("seed") is not None:
@@ -247,15 +286,23 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
     total = int(total_steps if total_steps is not None else opts.total_steps)
     if total < 1:
         raise UserError(f"--steps: must be >= 1, got {total}")
+    n_envs = int(n_envs if n_envs is not None else opts.n_envs)
+    if total % n_envs:
+        print(f"{method}: {total} env steps is not a multiple of n_envs={n_envs}; running "
+              f"{round_to_envs(total, n_envs)}", file=sys.stderr)
+        total = round_to_envs(total, n_envs)
     dev = select_device(device)
     env_fn = env_fn or default_env_fn(cfg)
     task = cfg.task.env or "robot"
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    env = env_fn()
+    envs: list = []
     eval_env = None
     try:
+        for _ in range(n_envs):
+            envs.append(env_fn())
+        env = envs[0]
         obs_dim, act_dim = _space_dims(env)
         if method != "sac":
             if dataset is None:
@@ -266,7 +313,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         from smiling_ros.smiling.buffer import sample_inputs
         from smiling_ros.smiling.rl import build_sac, export_actor, load_sac_state, sac_state
 
-        model = build_sac(env, sac_o, dev, seed)
+        model = build_sac(make_vec_env(envs), sac_o, dev, seed)
         buffer = model.replay_buffer
         reward_model = None
         t_reward, t_learner, t_eval, t_ckpt = _Timer(), _Timer(), _Timer(), _Timer()
@@ -305,7 +352,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
         base_meta = {
             "task": task, "method": method, "variant": opts.variant if method != "sac" else None,
-            "obs_dim": obs_dim, "act_dim": act_dim, "seed": seed, "total_steps": total,
+            "obs_dim": obs_dim, "act_dim": act_dim, "seed": seed, "total_steps": total, "n_envs": n_envs,
             "dataset": None if dataset is None else {"path": dataset.meta.get("path"), "fingerprint":
                                                      dataset_fingerprint(dataset), "states": int(len(dataset.obs))},
             "config": cfg.to_dict(), "config_path": cfg.path,
@@ -399,8 +446,9 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         model.train = checked_train
 
         class Loop(BaseCallback):
-            """Per collected env step (after SB3 stored the transition, before the SAC update):
-            player rounds, logs, evaluation, checkpoints, the user callback."""
+            """Per vectorised step (``n_envs`` env steps; after SB3 stored the transitions, before
+            the SAC update): player rounds, logs, evaluation, checkpoints, the user callback. An
+            interval is due when one of its multiples lies in the env steps just made."""
 
             def __init__(self):
                 super().__init__()
@@ -507,6 +555,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             upd = ((t_start + wall - m_time) - (t_eval.total + t_ckpt.total - m_other)) / (final - m_step)
         summary = {
             "method": method, "task": task, "variant": base_meta["variant"], "seed": seed, "steps": final,
+            "n_envs": n_envs,
             "stopped_early": loop.stop, "policy": str(ppath), "references": references,
             "final_eval": (eval_log.read() or [None])[-1],
             "wall_clock": {"setup_s": t_setup, "steps_this_session": steps_run, "train_s": train_time,
@@ -522,6 +571,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         plot_learning_curve(out, f"{method} on {task}")
         return ppath
     finally:
-        env.close()
+        for e in envs:
+            e.close()
         if eval_env is not None:
             eval_env.close()
