@@ -225,7 +225,7 @@ class RecordSection:
             raise UserError(f"{where}.storage: 'mcap' or 'sqlite3', got '{self.storage}'")
 
 
-METHOD_SECTIONS = ("smiling", "bridger", "dbc", "dydiff", "expert", "demo", "controller")
+METHOD_SECTIONS = ("smiling", "bridger", "dbc", "dydiff", "expert", "controller")
 
 
 @dataclass
@@ -246,7 +246,6 @@ class Config:
     dbc: dict[str, Any] = field(default_factory=dict)
     dydiff: dict[str, Any] = field(default_factory=dict)
     expert: dict[str, Any] = field(default_factory=dict)
-    demo: dict[str, Any] = field(default_factory=dict)
     controller: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     path: str = field(default="", metadata={"internal": True})  # file it was read from (set by load_config)

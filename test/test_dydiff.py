@@ -180,3 +180,35 @@ def test_bad_input(data, tmp_path, capsys):
     assert main(["train-dydiff", "--config", cfg, "--dataset", str(tmp_path / "states"), "--out", str(tmp_path / "w")]) == 2
     assert "needs actions" in capsys.readouterr().err
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_smiling_in_the_world_model_is_evaluated_in_mujoco(data, world_model, tmp_path):
+    """`train-smiling --world-model` trains in the world model, but the evaluation it reports (eval.csv,
+    references) is the learned policy's return in MuJoCo, the task's simulator."""
+    import csv
+
+    from smiling_ros.config import load_config
+    from smiling_ros.evaluation import RandomPolicy, evaluate, run_episodes
+    from smiling_ros.offline.world_model_env import make_world_model_env
+
+    data[0].save(tmp_path / "demos")
+    wm = world_model.save(tmp_path / "wm.safetensors")
+    cfg = tmp_path / "ip_eval.yaml"
+    cfg.write_text(open(_config(tmp_path)).read().replace("eval_episodes: 0", "eval_episodes: 3"))
+    run = tmp_path / "run"
+    assert main(["train-smiling", "--config", str(cfg), "--dataset", str(tmp_path / "demos"), "--out", str(run),
+                 "--world-model", str(wm), "--seed", "3", "--no-progress"]) == 0
+    last = list(csv.DictReader(open(run / "eval.csv")))[-1]
+    sim = lambda: gym.make(ENV, max_episode_steps=200)  # noqa: E731
+    real = evaluate(str(run / "policy.safetensors"), sim, 3, seed=1_000_003)  # the trainer's eval seeds
+    assert float(last["mean_return"]) == pytest.approx(real["mean_return"], rel=1e-6)
+    in_wm = evaluate(str(run / "policy.safetensors"), None, 3, seed=1_000_003,
+                     env=make_world_model_env(wm, load_config(str(cfg))))
+    assert in_wm["mean_return"] != pytest.approx(real["mean_return"], rel=1e-3)  # the check can tell them apart
+    # the random reference (normalisation) comes from MuJoCo too
+    import json
+
+    refs = json.loads((run / "references.json").read_text())
+    env = sim()
+    rnd = run_episodes(RandomPolicy(env.action_space, 2_000_003), env, refs["episodes"], 2_000_003)
+    assert refs["random"] == pytest.approx(np.mean([e["return"] for e in rnd]), rel=1e-6)

@@ -11,7 +11,17 @@
 Usage:
   nice python bench/offline/bench_offline.py --task arm    [--seeds 3] [--out bench/offline/results]
   nice python bench/offline/bench_offline.py --task hopper --expert bench/offline/out/hopper_sac.zip
+  # DBC vs BC only, several demo counts and lambdas, demos from `smiling-ros rollout`:
+  nice python bench/offline/bench_offline.py --task hopper --dataset DIR --demos 1,2 --lambda-dm 1,10 \
+      --skip offline,drift
 Writes OUT/<task>.json, OUT/<task>_drift.png and prints the figures.
+
+Evaluation: every policy (and the references: a uniform-random policy and the expert) runs the same
+MuJoCo episodes (reset seeds 1_000_000 + i), so the comparisons are paired; normalised return is
+(R - R_random) / (R_expert - R_random). DBC and BC with the same seed start from the same policy
+weights and see the same batches (see train_dbc), and the DBC runs of one seed share one stage-1 model.
+On the arm, the side on which each episode passed the post is recorded ('stuck': it never got past it,
+the failure of an action averaged between the two modes).
 """
 from __future__ import annotations
 
@@ -19,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -55,12 +66,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", choices=["arm", "hopper"], required=True)
     p.add_argument("--expert", default=None, help="hopper expert: SB3 .zip or mlp_policy checkpoint")
-    p.add_argument("--demos", type=int, default=None, help="demo episodes (arm 20, hopper 10)")
+    p.add_argument("--demos", default=None,
+                   help="demo episodes, or a comma list for DBC vs BC (the first N episodes each; the other "
+                        "parts use the largest); default arm 20, hopper 10")
+    p.add_argument("--dataset", default=None,
+                   help="demos from a dataset directory (e.g. `smiling-ros rollout` output) instead of rolling "
+                        "the expert out here")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--eval-episodes", type=int, default=None)
     p.add_argument("--dbc-steps", type=int, default=3000)
     p.add_argument("--dm-steps", type=int, default=3000)
-    p.add_argument("--lambda-dm", type=float, default=None)
+    p.add_argument("--lambda-dm", default=None, help="DBC lambda, or a comma list (default: the config's)")
     p.add_argument("--wm-steps", type=int, default=4000)
     p.add_argument("--td3-steps", type=int, default=8000)
     p.add_argument("--td3-seeds", type=int, default=2)
@@ -70,28 +86,49 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from smiling_ros.config import load_config
-    from smiling_ros.evaluation import evaluate
+    from smiling_ros.envs import scripted_expert
+    from smiling_ros.envs.experts import passing_side
+    from smiling_ros.evaluation import RandomPolicy, normalized_return, run_episodes
     from smiling_ros.offline.common import collect_dataset
     from smiling_ros.offline.dbc import DBCConfig, train_dbc
     from smiling_ros.offline.dydiff import DyDiffConfig, train_offline, train_world_model, windows
     from smiling_ros.offline.world_model_env import WorldModelEnv
 
     t_start = time.time()
+    skip = set(a.skip.split(",")) - {""}
     task_id, env, ex_act, ex_reset, cfg_path = expert_and_env(a.task, a.expert)
     cfg = load_config(cfg_path)
-    n_demos = a.demos or (20 if a.task == "arm" else 10)
+    demo_counts = [int(x) for x in a.demos.split(",")] if a.demos else [20 if a.task == "arm" else 10]
+    n_demos = max(demo_counts)
     n_eval = a.eval_episodes or (20 if a.task == "arm" else 10)
-    demos = collect_dataset(env, ex_act, n_demos, seed=0, task=task_id, on_reset=ex_reset)
-    held = collect_dataset(env, ex_act, 5, seed=50_000, task=task_id, on_reset=ex_reset)
+    if a.dataset:
+        from smiling_ros.dataset import Dataset
+
+        demos = Dataset.load(a.dataset)
+        if demos.meta.get("task") not in (None, task_id):
+            raise SystemExit(f"{a.dataset}: demos of task {demos.meta.get('task')}, not {task_id}")
+        if len(list(demos.episodes())) < n_demos:
+            raise SystemExit(f"{a.dataset}: fewer than {n_demos} episodes")
+        ep_ret = [float(r) for r in demos.meta.get("returns") or []]
+        demos = demos.subset(n_demos)
+    else:
+        demos = collect_dataset(env, ex_act, n_demos, seed=0, task=task_id, on_reset=ex_reset)
+        ep_ret = [float(demos.reward[s].sum()) for s in demos.episode_slices()]
+    if not {"drift", "offline"} <= skip and demos.reward is None:
+        raise SystemExit("the world-model parts need demos with rewards (omit --dataset)")
+    held = None if "drift" in skip else collect_dataset(env, ex_act, 5, seed=50_000, task=task_id, on_reset=ex_reset)
     low, high = env.action_space.low, env.action_space.high
-    ep_ret = [float(demos.reward[s].sum()) for s in demos.episode_slices()]
     res = {
         "task": task_id, "machine": "2-core CPU shared with other jobs (torch 1 thread)",
-        "demos": {"episodes": n_demos, "transitions": int(len(demos.obs)), "expert_return": float(np.mean(ep_ret)),
+        "command": "python " + " ".join(sys.argv),
+        "demos": {"episodes": n_demos, "transitions": int(len(demos.obs)), "source": a.dataset or "collect_dataset",
+                  "expert_return": float(np.mean(ep_ret[:n_demos])) if ep_ret else None,
                   "expert_success": None if demos.success is None else float(np.mean(demos.success))},
         "budgets": {k: getattr(a, k) for k in ("dbc_steps", "dm_steps", "wm_steps", "td3_steps", "seeds", "td3_seeds")},
     }
-    print(f"[{task_id}] demos: {n_demos} episodes, {len(demos.obs)} steps, expert return {np.mean(ep_ret):.1f}", flush=True)
+    res["budgets"]["eval_episodes"] = n_eval
+    print(f"[{task_id}] demos: {n_demos} episodes, {len(demos.obs)} steps, expert return "
+          f"{res['demos']['expert_return']}", flush=True)
 
     def env_fn():
         if a.task == "arm":
@@ -102,40 +139,76 @@ def main() -> None:
 
         return gym.make("Hopper-v5")
 
-    def score(policy, seed):
-        r = evaluate(policy, env_fn, n_eval, seed=1_000_000 + seed)
-        return {"mean_return": r["mean_return"], "std_return": r["std_return"], "success_rate": r["success_rate"]}
+    eval_env = env_fn()
+    refs: dict = {}
 
-    skip = set(a.skip.split(",")) - {""}
+    def score(policy):
+        """The same n_eval MuJoCo episodes for every policy (paired comparison)."""
+        eps = run_episodes(policy, eval_env, n_eval, seed=1_000_000, record=a.task == "arm")
+        rets = [e["return"] for e in eps]
+        succ = [e["success"] for e in eps]
+        r = {"mean_return": float(np.mean(rets)), "std_return": float(np.std(rets)),
+             "success_rate": None if None in succ else float(np.mean(succ))}
+        if refs:
+            r["normalized_return"] = normalized_return(r["mean_return"], refs)
+        if a.task == "arm":
+            sides = [passing_side(e["obs"]) for e in eps]
+            r["sides"] = {"left": sides.count("left"), "right": sides.count("right"), "stuck": sides.count(None)}
+        return r
+
+    refs["random"] = score(RandomPolicy(eval_env.action_space, 0))["mean_return"]
+    ex_pol = scripted_expert(eval_env, seed=0) if a.task == "arm" else _FnPolicy(ex_act)
+    ex_score = score(ex_pol)
+    refs["expert"] = ex_score["mean_return"]
+    res["references"] = {"random": refs["random"], "expert": refs["expert"], "expert_eval": ex_score,
+                         "episodes": n_eval, "reset_seeds": f"1000000..{1_000_000 + n_eval - 1}"}
+    print(f"[{task_id}] references on the eval episodes: random {refs['random']:.1f}, expert {refs['expert']:.1f}",
+          flush=True)
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     # ------------------------------------------------------------------ 1. DBC vs BC
     if "dbc" not in skip:
         dcfg = dataclasses.replace(cfg.section(DBCConfig, "dbc"), steps=a.dbc_steps, dm_steps=a.dm_steps)
-        if a.lambda_dm is not None:
-            dcfg = dataclasses.replace(dcfg, lambda_dm=a.lambda_dm)
-        rows = {"dbc": [], "bc": []}
-        for seed in range(a.seeds):
-            for name, lam in (("dbc", dcfg.lambda_dm), ("bc", 0.0)):
-                r = train_dbc(demos, dataclasses.replace(dcfg, lambda_dm=lam), low, high, seed=seed, progress=False)
-                s = score(r.policy, seed)
-                s.update(seed=seed, train_wall_s=r.wall_s)
-                rows[name].append(s)
-                print(f"[{task_id}] {name} seed {seed}: return {s['mean_return']:.1f}"
-                      + (f", success {s['success_rate']:.2f}" if s["success_rate"] is not None else "")
-                      + f" ({r.wall_s:.0f} s)", flush=True)
-        summ = {}
-        for name, rs in rows.items():
-            summ[name] = {"mean_return": float(np.mean([r["mean_return"] for r in rs])),
-                          "mean_success": None if rs[0]["success_rate"] is None else
-                          float(np.mean([r["success_rate"] for r in rs])), "per_seed": rs}
-        res["dbc_vs_bc"] = {"lambda_dm": dcfg.lambda_dm, "T": dcfg.T, **summ}
-        print(f"[{task_id}] DBC {summ['dbc']['mean_return']:.1f} vs BC {summ['bc']['mean_return']:.1f} (return, "
-              f"mean of {a.seeds} seeds)", flush=True)
-        _save(out, a.task, res)
+        lambdas = [float(x) for x in a.lambda_dm.split(",")] if a.lambda_dm else [dcfg.lambda_dm]
+        runs = []
+        for n in demo_counts:
+            d = demos.subset(n)
+            info = {"demos": n, "transitions": int(len(d.obs)),
+                    "expert_return": float(np.mean(ep_ret[:n])) if ep_ret else None}
+            if a.task == "arm":
+                sides = [passing_side(o) for o, _ in d.episodes()]
+                info["demo_sides"] = {"left": sides.count("left"), "right": sides.count("right")}
+            print(f"[{task_id}] {n} demos: {info}", flush=True)
+            rows = {("bc", 0.0): []} | {("dbc", lam): [] for lam in lambdas}
+            for seed in range(a.seeds):
+                dm = None  # one stage-1 model per (demos, seed), shared by the lambdas
+                for (name, lam), rs in rows.items():
+                    r = train_dbc(d, dataclasses.replace(dcfg, lambda_dm=lam), low, high, seed=seed, dm=dm,
+                                  progress=False)
+                    if r.dm is not None:
+                        dm = r.dm
+                    sc = score(r.policy)
+                    sc.update(seed=seed, train_wall_s=r.wall_s, final_losses=r.history[-1] if r.history else None)
+                    rs.append(sc)
+                    label = "BC" if name == "bc" else f"DBC l={lam:g}"
+                    print(f"[{task_id}] {n} demos, {label}, seed {seed}: return {sc['mean_return']:.1f}, "
+                          f"normalised {sc['normalized_return']:.3f}"
+                          + (f", success {sc['success_rate']:.2f}" if sc["success_rate"] is not None else "")
+                          + (f", sides {sc['sides']}" if "sides" in sc else "") + f" ({r.wall_s:.0f} s)", flush=True)
+            for (name, lam), rs in rows.items():
+                runs.append({**info, "method": name, "lambda_dm": lam, **_mean(rs), "per_seed": rs})
+                m = runs[-1]
+                print(f"[{task_id}] {n} demos {name} lambda {lam:g}: normalised {m['mean_normalized_return']:.3f}"
+                      + (f", success {m['mean_success']:.2f}" if m["mean_success"] is not None else ""), flush=True)
+            res["dbc_vs_bc"] = {"T": dcfg.T, "dm_steps": dcfg.dm_steps, "steps": dcfg.steps,
+                                "normalize_dm": dcfg.normalize_dm, "runs": runs}
+            _save(out, a.task, res)
     if {"drift", "offline"} <= skip:
         res["total_wall_s"] = time.time() - t_start
+        res["cpu_s"] = _cpu_s()
         _save(out, a.task, res)
+        print(f"[{task_id}] done in {res['total_wall_s']:.0f} s wall, {res['cpu_s']:.0f} s CPU", flush=True)
         return
     # ------------------------------------------------------------------ world model
     wcfg = cfg.section(DyDiffConfig, "dydiff")
@@ -200,7 +273,7 @@ def main() -> None:
                 t0 = time.time()
                 agent = train_offline(demos, wcfg, low, high, world_model=w, seed=seed, progress=False,
                                       meta={"max_episode_steps": cfg.task.max_episode_steps})
-                s = score(agent.policy(), seed)
+                s = score(agent.policy())
                 s.update(seed=seed, train_wall_s=time.time() - t0)
                 rows[name].append(s)
                 print(f"[{task_id}] {name} seed {seed}: return {s['mean_return']:.1f}"
@@ -213,8 +286,36 @@ def main() -> None:
         res["offline"]["config"] = {"real_fraction": wcfg.real_fraction, "keep_fraction": wcfg.keep_fraction,
                                     "K": wcfg.refinements, "H": wcfg.horizon, "steps": a.td3_steps}
     res["total_wall_s"] = time.time() - t_start
+    res["cpu_s"] = _cpu_s()
     _save(out, a.task, res)
     print(f"[{task_id}] done in {res['total_wall_s']:.0f} s -> {out / (a.task + '.json')}", flush=True)
+
+
+class _FnPolicy:
+    """An act(obs) function as a Policy (reset does nothing)."""
+
+    def __init__(self, act):
+        self.act = act
+
+    def reset(self, obs=None) -> None:
+        pass
+
+
+def _mean(rs: list[dict]) -> dict:
+    """Means over seeds of the per-seed scores."""
+    m = {"mean_return": float(np.mean([r["mean_return"] for r in rs])),
+         "mean_normalized_return": float(np.mean([r["normalized_return"] for r in rs])),
+         "mean_success": None if rs[0]["success_rate"] is None else float(np.mean([r["success_rate"] for r in rs]))}
+    if "sides" in rs[0]:
+        m["mean_stuck"] = float(np.mean([r["sides"]["stuck"] for r in rs]))
+    return m
+
+
+def _cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _save(out: Path, task: str, res: dict) -> None:

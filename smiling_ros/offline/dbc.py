@@ -193,6 +193,13 @@ def train_dbc(
         dm = None
     obs_norm = dataset.obs_normalizer()
     act_norm = Normalizer.fit(act)
+    # Stage 2 starts from the same state whatever lambda is and whether stage 1 ran here: the policy's
+    # initial weights and the batch order depend on the seed alone, and the diffusion term's (t, eps)
+    # draws come from a generator of their own. A DBC run and its BC ablation (lambda = 0) with the same
+    # seed then differ only by the L_DM term (a paired comparison).
+    torch.manual_seed(seed)
+    gen_batch = torch.Generator().manual_seed(seed)
+    gen_dm = torch.Generator().manual_seed(seed + 104729)
     actor = MlpActor(dataset.obs_dim, dataset.act_dim, cfg.hidden, cfg.activation)
     policy = MlpPolicy(actor, obs_norm, low, high, meta={
         "method": "dbc" if use_dm else "bc", "dbc": dataclasses.asdict(cfg), "seed": seed, **(meta or {}),
@@ -201,7 +208,7 @@ def train_dbc(
     S, A = torch.as_tensor(obs), torch.as_tensor(act)
     opt = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.1)
-    it = batches(len(S), min(cfg.batch_size, len(S)), gen)
+    it = batches(len(S), min(cfg.batch_size, len(S)), gen_batch)
     history: list[dict[str, float]] = []
     acc: dict[str, float] = {}
     n = 0
@@ -209,7 +216,7 @@ def train_dbc(
                mininterval=1.0)
     for step in bar:
         idx = next(it)
-        terms = dbc_losses(policy, dm, S[idx], A[idx], act_norm, cfg, gen)
+        terms = dbc_losses(policy, dm, S[idx], A[idx], act_norm, cfg, gen_dm)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
