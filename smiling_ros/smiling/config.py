@@ -105,7 +105,9 @@ class SmilingSection:
     learner_fifo: int = 200_000  # the round draws from this many latest learner states
     reward_std: float = 0.1  # per-batch reward normalisation to this std (0: raw cost)
     reward_clip: float = 0.02  # winsorise each batch's raw cost at these quantiles before normalising (0: off)
-    absorbing: bool = True  # a true termination earns the batch's lowest reward forever after
+    # True: a true termination also earns the batch's lowest reward forever after (absorbing state).
+    # Off by default: on Hopper-v5 it kept SMILING balancing in place (README, Benchmarks).
+    absorbing: bool = False
     min_demo_states: int = 50
     # --- loop
     n_envs: int = 1  # simulator copies stepped together (in-process backends); step counts stay in env steps
