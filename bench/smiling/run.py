@@ -185,8 +185,9 @@ def main() -> int:
              "references": ss[0].get("references")}
         if method != "bc":
             curves = [curve(work / f"{method}_s{seed}") for seed in args.seeds]
-            steps = curves[0][0]
-            vals = np.array([[v if v is not None else np.nan for v in c[1][:len(steps)]] for c in curves])
+            # evaluation steps every seed has (a resumed run may have used another eval_every)
+            steps = sorted(set.intersection(*[set(c[0]) for c in curves])) if curves else []
+            vals = np.array([[dict(zip(*c)).get(st) for st in steps] for c in curves], dtype=float)
             m["curve"] = {"steps": steps, "mean": np.nanmean(vals, 0).tolist(), "std": np.nanstd(vals, 0).tolist(),
                           "per_seed": vals.tolist()}
             wc = [s["wall_clock"] for s in ss]
