@@ -165,6 +165,54 @@ def test_cli_train_dydiff_then_smiling_in_the_world_model(data, tmp_path, capsys
     assert rc == 0, capsys.readouterr().err
     pol = load_policy(tmp_path / "run" / "policy.safetensors", device="cpu")
     assert pol.act(data[0].obs[0]).shape == (1,)
+    # smiling.absorbing unset: a world model's terminations are absorbing; an explicit false wins
+    import json
+
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["absorbing"] is True
+    off = tmp_path / "ip_off.yaml"
+    off.write_text(open(cfg).read().replace("smiling: {", "smiling: {absorbing: false, "))
+    assert main(["train-smiling", "--config", str(off), "--dataset", str(tmp_path / "demos"), "--out",
+                 str(tmp_path / "run_off"), "--world-model", str(wm), "--no-progress", "--steps", "120"]) == 0
+    assert json.loads((tmp_path / "run_off" / "summary.json").read_text())["absorbing"] is False
+
+
+def test_the_model_halts_where_its_ensemble_disagrees_more_than_on_any_recorded_transition(data, world_model,
+                                                                                            tmp_path):
+    import copy
+
+    from smiling_ros.offline.dydiff import WorldModel
+    from smiling_ros.offline.world_model_env import WorldModelEnv
+
+    thr = world_model.halt_threshold
+    assert thr is not None and thr > 0
+    train, held = data[0].transitions(), data[1].transitions()
+    unknown = lambda tr: world_model.unknown(torch.as_tensor(tr["obs"]), torch.as_tensor(tr["act"]))  # noqa: E731
+    assert not unknown(train).any()  # the threshold is the largest disagreement on the recorded transitions
+    # states the pendulum data never visits (cart far off, pole tilted, fast) with full-scale actions
+    rng = np.random.default_rng(0)
+    far = torch.as_tensor(rng.uniform(-1, 1, (500, 4)).astype(np.float32) * np.array([1, 0.2, 3, 3], np.float32)
+                          + data[0].obs.mean(0))
+    push = torch.as_tensor(rng.choice([-3.0, 3.0], (500, 1)).astype(np.float32))
+    assert world_model.unknown(far, push).float().mean() > 3 * unknown(held).float().mean() + 0.05
+    # the threshold survives save/load
+    path = world_model.save(tmp_path / "wm.safetensors")
+    assert WorldModel.load(path).halt_threshold == pytest.approx(thr)
+    # in the env: (s, a) beyond the threshold ends the episode with info['halt']; no threshold, no halt
+    strict = copy.copy(world_model)
+    strict.halt_threshold = 0.0
+    env = WorldModelEnv(strict, horizon=20)
+    env.reset(seed=0)
+    _, _, term, trunc, info = env.step(env.action_space.sample())
+    assert term and info["halt"] and not trunc
+    # rollouts are cut there: nothing from them reaches the offline learner
+    s0 = torch.as_tensor(data[0].obs[:8])
+    policy = lambda s: torch.zeros(s.shape[0], 1)  # noqa: E731
+    assert not strict.rollout(s0, policy, gen=torch.Generator().manual_seed(0))["valid"].any()
+    assert world_model.rollout(s0, policy, gen=torch.Generator().manual_seed(0))["valid"].all()
+    strict.halt_threshold = None
+    env = WorldModelEnv(strict, horizon=20)
+    env.reset(seed=0)
+    assert not any(env.step(np.zeros(1, np.float32))[4]["halt"] for _ in range(5))
 
 
 def test_bad_input(data, tmp_path, capsys):

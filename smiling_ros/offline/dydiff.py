@@ -133,6 +133,9 @@ class DyDiffConfig:
     real_fraction: float = 0.6  # share of real transitions in each offline-learner batch
     buffer_size: int = 200000  # synthetic transitions kept (FIFO)
     support_margin: float = 1.0  # states beyond data min/max by this many stds are out of support
+    # The model halts where the ensemble disagrees more than this multiple of the most it disagrees on
+    # any recorded transition (0: never): the env terminates there, rollouts are cut there.
+    halt_disagreement: float = 1.0
     env_horizon: int = 0  # world-model env episode length; 0: task.max_episode_steps, else 1000
     env_refine: bool = True  # world-model env: correct the ensemble with the window model every H-1 steps
     log_every: int = 100
@@ -146,6 +149,7 @@ class DyDiffConfig:
             positive(getattr(self, name), where, name)
         for name in ("steps", "ensemble_steps", "reward_steps", "refinements", "env_horizon"):
             positive(getattr(self, name), where, name, allow_zero=True)
+        positive(self.halt_disagreement, where, "halt_disagreement", allow_zero=True)
         for name in ("mix", "keep_fraction", "real_fraction"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
@@ -331,8 +335,10 @@ class WorldModel:
                  obs_norm: Normalizer, act_norm: Normalizer, win_norm: Normalizer, H: int,
                  low: np.ndarray, high: np.ndarray, start_states: np.ndarray, state_lo: np.ndarray,
                  state_hi: np.ndarray, cfg: DyDiffConfig, meta: Optional[dict[str, Any]] = None,
-                 termination: Optional[TerminationModel] = None):
+                 termination: Optional[TerminationModel] = None, halt_threshold: Optional[float] = None):
         self.net, self.schedule, self.ensemble, self.reward = net.eval(), schedule, ensemble.eval(), reward.eval()
+        # ensemble disagreement (z-scored state units) above which (s, a) is unknown; None: never
+        self.halt_threshold = None if halt_threshold is None else float(halt_threshold)
         self.termination = termination.eval() if termination is not None else None
         self.obs_norm, self.act_norm, self.win_norm, self.H = obs_norm, act_norm, win_norm, int(H)
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
@@ -349,6 +355,16 @@ class WorldModel:
     def in_support(self, s: torch.Tensor) -> torch.Tensor:
         """(..., ds) -> (...) bool: inside the data's range widened by ``support_margin`` stds."""
         return ((s >= torch.as_tensor(self.state_lo)) & (s <= torch.as_tensor(self.state_hi))).all(-1)
+
+    def unknown(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """(..., ds), (..., da) -> (...) bool: the ensemble disagrees on the next state more than it does
+        anywhere in the data (times ``halt_disagreement``), so the model's prediction there is a guess
+        (MOReL's unknown state-action detector)."""
+        if self.halt_threshold is None:
+            return torch.zeros(s.shape[:-1], dtype=torch.bool)
+        lead = s.shape[:-1]
+        d = self.ensemble.disagreement(s.reshape(-1, s.shape[-1]), a.reshape(-1, a.shape[-1]))
+        return (d > self.halt_threshold).view(lead)
 
     def is_terminal(self, s: torch.Tensor) -> torch.Tensor:
         """(..., ds) -> (...) bool: the episode ends in s (learned termination, or out of support)."""
@@ -397,7 +413,8 @@ class WorldModel:
         With ``policy``: actions are relabelled a_i <- pi(s_i) after each refinement. With fixed
         ``actions`` (B, H-1, da) the same refinements run open loop (used to measure model error).
         Returns states (B, H, ds), actions (B, H, da), rewards (B, H-1), dones (B, H-1) (s_{i+1} terminal),
-        alive (B, H-1) (no terminal state before step i), score (B,): summed reward while alive."""
+        alive (B, H-1) (no terminal state before step i and every (s, a) up to i known to the model,
+        see ``unknown``), score (B,): summed reward while alive."""
         K = self.cfg.refinements if K is None else K
         S, A = self.ensemble_rollout(s0, policy, actions, gen)
         for _ in range(K):
@@ -409,6 +426,7 @@ class WorldModel:
         r = self.reward(S[:, :-1].flatten(0, 1), A[:, :-1].flatten(0, 1)).view(B, self.H - 1)
         done = self.is_terminal(S[:, 1:])
         alive = torch.cat([torch.ones_like(done[:, :1]), ~done[:, :-1]], 1).cumprod(1).bool()
+        alive = alive & (~self.unknown(S[:, :-1], A[:, :-1])).cumprod(1).bool()  # cut where the model guesses
         score = (r * alive).sum(1)
         return {"states": S, "actions": A, "rewards": r, "dones": done, "alive": alive, "score": score,
                 "valid": alive.any(1)}
@@ -441,7 +459,7 @@ class WorldModel:
             "termination": self.termination.hparams() if self.termination is not None else None,
             "obs_norm": self.obs_norm.to_dict(), "act_norm": self.act_norm.to_dict(), "win_norm": self.win_norm.to_dict(),
             "action_low": self.low.tolist(), "action_high": self.high.tolist(),
-            "state_lo": self.state_lo.tolist(), "state_hi": self.state_hi.tolist(),
+            "state_lo": self.state_lo.tolist(), "state_hi": self.state_hi.tolist(), "halt_threshold": self.halt_threshold,
             "dydiff": dataclasses.asdict(self.cfg), **self.meta, **(extra_meta or {}),
         }
         return save_checkpoint(path, tensors, meta)
@@ -467,7 +485,8 @@ class WorldModel:
             return cls(net, make_schedule(int(m["T"]), m["schedule"]), ens, rew, Normalizer.from_dict(m["obs_norm"]),
                        Normalizer.from_dict(m["act_norm"]), Normalizer.from_dict(m["win_norm"]), int(m["horizon"]),
                        np.asarray(m["action_low"]), np.asarray(m["action_high"]), ck.tensors["start_states"].numpy(),
-                       np.asarray(m["state_lo"]), np.asarray(m["state_hi"]), cfg, {"task": m.get("task", "")}, term)
+                       np.asarray(m["state_lo"]), np.asarray(m["state_hi"]), cfg, {"task": m.get("task", "")}, term,
+                       None if m.get("halt_threshold") is None else float(m["halt_threshold"]))
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise UserError(f"{ck.path}: inconsistent dydiff checkpoint ({str(exc).splitlines()[0]})") from None
 
@@ -533,8 +552,15 @@ def train_world_model(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.
     std = obs_norm.std
     lo, hi = ds.obs.min(0) - cfg.support_margin * std, ds.obs.max(0) + cfg.support_margin * std
     starts = ds.obs[np.concatenate([[0], ds.episode_ends[:-1]]).astype(int)]
+    halt = None
+    if cfg.halt_disagreement > 0:
+        seen = max(float(ens.disagreement(torch.as_tensor(tr["obs"][i:i + 8192]),
+                                          torch.as_tensor(tr["act"][i:i + 8192])).max())
+                   for i in range(0, len(tr["obs"]), 8192))
+        halt = cfg.halt_disagreement * seen
     wm = WorldModel(net, sched, ens, rew, obs_norm, act_norm, win_norm, H, low, high, starts, lo, hi, cfg,
-                    {"task": ds.meta.get("task", ""), "reward_kind": kind, "train_wall_s": 0.0, **(meta or {})}, term)
+                    {"task": ds.meta.get("task", ""), "reward_kind": kind, "train_wall_s": 0.0, **(meta or {})}, term,
+                    halt)
     wm.meta["train_wall_s"] = time.time() - t0
     return wm
 

@@ -9,8 +9,13 @@ chunk boundaries because future actions are not known inside an env step.
 
 reward: the world model's reward model (learned r(s, a), or the demonstrations' diffusion cost).
 terminated: the learned termination model says the episode ends here (e.g. a fall, learned from
-recorded episodes that ended early), or the state left the data's support (min/max widened by
-``support_margin`` stds), where the model has no data to be right about. truncated: after ``horizon`` steps.
+recorded episodes that ended early), the state left the data's support (min/max widened by
+``support_margin`` stds), or the single-step ensemble disagrees on (s, a) more than anywhere in the data
+(``dydiff.halt_disagreement``; ``info['halt']``): in those places the model has no data to be right about,
+and a policy trained in it would learn to exploit its errors (e.g. pass through an obstacle the
+recordings never touched). ``absorbing_terminations`` tells SMILING's trainer to value such a
+termination as an absorbing state worse than any recorded one (``smiling.absorbing``).
+truncated: after ``horizon`` steps.
 All randomness (start states, diffusion noise) derives from the env's ``np_random`` (seeded by reset).
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from smiling_ros.offline.dydiff import WorldModel
 
 class WorldModelEnv(gym.Env):
     metadata = {"render_modes": []}
+    absorbing_terminations = True
 
     def __init__(self, model: WorldModel, horizon: int, refine: bool = True):
         super().__init__()
@@ -57,6 +63,7 @@ class WorldModelEnv(gym.Env):
         at = torch.as_tensor(a)[None]
         nxt = self.model.ensemble.step(s, at, "mean")
         reward = float(self.model.reward(s, at)[0])
+        halt = bool(self.model.unknown(s, at)[0])
         self._chunk.append(a)
         if self.refine and len(self._chunk) == self.model.H - 1:
             gen = torch.Generator().manual_seed(int(self.np_random.integers(2**31 - 1)))
@@ -68,9 +75,9 @@ class WorldModelEnv(gym.Env):
         if not self._chunk:
             self._anchor = self._s.copy()
         self._t += 1
-        terminated = bool(self.model.is_terminal(torch.as_tensor(self._s)))
+        terminated = halt or bool(self.model.is_terminal(torch.as_tensor(self._s)))
         truncated = self._t >= self.horizon
-        return self._s.copy(), reward, terminated, truncated, {"world_model": True}
+        return self._s.copy(), reward, terminated, truncated, {"world_model": True, "halt": halt}
 
 
 def expected_obs_dim(cfg: Config) -> Optional[int]:

@@ -316,6 +316,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         model = build_sac(make_vec_env(envs), sac_o, dev, seed)
         buffer = model.replay_buffer
         reward_model = None
+        absorb = False
         t_reward, t_learner, t_eval, t_ckpt = _Timer(), _Timer(), _Timer(), _Timer()
         if method != "sac":
             from smiling_ros.smiling.score import expert_inputs
@@ -331,7 +332,10 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
                 reward_model = DacReward(x_exp, opts, dev, seed)
 
-            absorb = opts.absorbing and sac_o.gamma < 1
+            absorbing = opts.absorbing
+            if absorbing is None:  # auto: a world model's terminations are places without data
+                absorbing = bool(getattr(env.unwrapped, "absorbing_terminations", False))
+            absorb = absorbing and sac_o.gamma < 1
             k_abs = sac_o.gamma / (1 - sac_o.gamma) if absorb else 0.0
 
             def relabel(samples):
@@ -555,7 +559,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             upd = ((t_start + wall - m_time) - (t_eval.total + t_ckpt.total - m_other)) / (final - m_step)
         summary = {
             "method": method, "task": task, "variant": base_meta["variant"], "seed": seed, "steps": final,
-            "n_envs": n_envs,
+            "n_envs": n_envs, "absorbing": absorb,
             "stopped_early": loop.stop, "policy": str(ppath), "references": references,
             "final_eval": (eval_log.read() or [None])[-1],
             "wall_clock": {"setup_s": t_setup, "steps_this_session": steps_run, "train_s": train_time,
