@@ -141,3 +141,49 @@ def test_dbc_and_bc_of_one_seed_differ_only_by_the_diffusion_term(demos):
     again = train_dbc(demos, cfg, LOW, HIGH, seed=5, dm=tiny.dm, progress=False)
     fresh = train_dbc(demos, cfg, LOW, HIGH, seed=5, progress=False)
     assert np.allclose(again.policy.act(demos.obs), fresh.policy.act(demos.obs), atol=1e-5)
+
+
+def test_dbc_policy_deploys_through_the_controller_and_sources_bridger(demos, tmp_path):
+    """The DBC checkpoint is what the controller publishes from, and a BRIDGER source."""
+    import yaml
+
+    from smiling_ros.bridger.sources import PolicySource
+    from smiling_ros.bridger.train import BridgerConfig, make_source, train_bridger
+    from smiling_ros.config import FieldSpec
+    from smiling_ros.controller import ControlLoop, load_controller_policy, make_assembler, resolve_limits, \
+        resolve_settings
+
+    demos.save(tmp_path / "demos")
+    out = tmp_path / "dbc.safetensors"
+    assert main(["train-dbc", "--config", _config(tmp_path), "--dataset", str(tmp_path / "demos"), "--out", str(out),
+                 "--steps", "100", "--quiet"]) == 0
+    robot = tmp_path / "pendulum_robot.yaml"
+    robot.write_text(yaml.safe_dump({
+        "rate_hz": 50.0, "observation": [{"topic": "/observation", "type": "std_msgs/msg/Float64MultiArray",
+                                          "field": "data"}],
+        "action": [{"topic": "/cmd", "field": "data"}], "limits": {"action_low": [-0.5], "action_high": [0.5]}}))
+    settings = resolve_settings(str(robot), str(out), {})
+    pol = load_controller_policy(str(out), settings, None)
+    assert pol.meta["method"] == "dbc" and pol.obs_dim == 3
+    spec = FieldSpec(topic="/observation", type="std_msgs/msg/Float64MultiArray", field="data")
+    low, high = resolve_limits(settings.config, pol, str(out))
+    loop = ControlLoop(pol, make_assembler([spec], pol.obs_dim), low, high, settings.period_ns)
+
+    class Msg:  # the attribute the field mapping reads
+        __msgtype__ = "std_msgs/msg/Float64MultiArray"
+
+        def __init__(self, data):
+            self.data = data
+
+    o = demos.obs[7]
+    loop.on_message("/observation", Msg(list(map(float, o))), 0)
+    cmd = loop.tick(1).action
+    np.testing.assert_allclose(cmd, np.clip(pol.act(o), -0.5, 0.5), rtol=1e-5)
+    # BRIDGER starts from the DBC policy's actions
+    src = make_source(str(out), demos, section=BridgerConfig(train_steps=40, hidden=[32, 32], batch_size=64))
+    assert isinstance(src, PolicySource) and src.deterministic
+    np.testing.assert_allclose(src.policy.act(demos.obs[:4]), pol.act(demos.obs[:4]), rtol=1e-5)
+    bridger = train_bridger(demos, src, BridgerConfig(train_steps=40, hidden=[32, 32], batch_size=64, log_every=20),
+                            LOW, HIGH, progress=False)
+    a = bridger.act(demos.obs[:5])
+    assert a.shape == (5, 1) and np.all(np.abs(a) <= 2)
