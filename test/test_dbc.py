@@ -12,6 +12,7 @@ import torch
 
 from smiling_ros.cli import main
 from smiling_ros.dataset import Dataset, Normalizer
+from smiling_ros.errors import UserError
 from smiling_ros.offline.common import collect_dataset
 from smiling_ros.offline.dbc import DBCConfig, dbc_losses, train_dbc
 from smiling_ros.policy import load_policy
@@ -65,6 +66,23 @@ def test_dm_gradient_flows_through_frozen_net_into_policy(demos):
     g = sum(p.grad.abs().sum().item() for p in pol.actor.parameters() if p.grad is not None)
     assert g > 0
     assert all(p.grad is None for p in dm.net.parameters())
+
+
+def test_state_noise_evaluates_the_diffusion_term_off_the_recorded_states(demos):
+    res = train_dbc(demos, small_cfg(steps=1), LOW, HIGH, seed=0, progress=False)
+    s, a = torch.as_tensor(demos.obs[:256]), torch.as_tensor(demos.act[:256])
+    norm = Normalizer.fit(demos.act)
+    at = lambda noise: dbc_losses(res.policy, res.dm, s, a, norm, small_cfg(state_noise=noise, normalize_dm=False),  # noqa: E731
+                                  torch.Generator().manual_seed(0))
+    clean, jittered = at(0.0), at(0.5)
+    assert torch.equal(clean["bc"], jittered["bc"])  # BC stays on the recorded pairs
+    assert not torch.isclose(clean["agent"], jittered["agent"])
+    assert not torch.isclose(clean["expert"], jittered["expert"])  # both terms move to the jittered state
+    res.policy.actor.zero_grad()
+    (jittered["loss"] - jittered["bc"]).backward()
+    assert sum(p.grad.abs().sum().item() for p in res.policy.actor.parameters() if p.grad is not None) > 0
+    with pytest.raises(UserError, match="state_noise"):
+        small_cfg(state_noise=-0.1).validate("dbc")
 
 
 def _config(tmp_path, extra: str = "") -> str:

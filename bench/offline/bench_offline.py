@@ -77,6 +77,8 @@ def main() -> None:
     p.add_argument("--dbc-steps", type=int, default=3000)
     p.add_argument("--dm-steps", type=int, default=3000)
     p.add_argument("--lambda-dm", default=None, help="DBC lambda, or a comma list (default: the config's)")
+    p.add_argument("--state-noise", default=None,
+                   help="DBC dbc.state_noise, or a comma list (each with every lambda; default: the config's)")
     p.add_argument("--wm-steps", type=int, default=4000)
     p.add_argument("--td3-steps", type=int, default=8000)
     p.add_argument("--td3-seeds", type=int, default=2)
@@ -171,6 +173,7 @@ def main() -> None:
     if "dbc" not in skip:
         dcfg = dataclasses.replace(cfg.section(DBCConfig, "dbc"), steps=a.dbc_steps, dm_steps=a.dm_steps)
         lambdas = [float(x) for x in a.lambda_dm.split(",")] if a.lambda_dm else [dcfg.lambda_dm]
+        noises = [float(x) for x in a.state_noise.split(",")] if a.state_noise else [dcfg.state_noise]
         runs = []
         for n in demo_counts:
             d = demos.subset(n)
@@ -180,26 +183,26 @@ def main() -> None:
                 sides = [passing_side(o) for o, _ in d.episodes()]
                 info["demo_sides"] = {"left": sides.count("left"), "right": sides.count("right")}
             print(f"[{task_id}] {n} demos: {info}", flush=True)
-            rows = {("bc", 0.0): []} | {("dbc", lam): [] for lam in lambdas}
+            rows = {("bc", 0.0, 0.0): []} | {("dbc", lam, sn): [] for lam in lambdas for sn in noises}
             for seed in range(a.seeds):
                 dm = None  # one stage-1 model per (demos, seed), shared by the lambdas
-                for (name, lam), rs in rows.items():
-                    r = train_dbc(d, dataclasses.replace(dcfg, lambda_dm=lam), low, high, seed=seed, dm=dm,
-                                  progress=False)
+                for (name, lam, sn), rs in rows.items():
+                    r = train_dbc(d, dataclasses.replace(dcfg, lambda_dm=lam, state_noise=sn), low, high, seed=seed,
+                                  dm=dm, progress=False)
                     if r.dm is not None:
                         dm = r.dm
                     sc = score(r.policy)
                     sc.update(seed=seed, train_wall_s=r.wall_s, final_losses=r.history[-1] if r.history else None)
                     rs.append(sc)
-                    label = "BC" if name == "bc" else f"DBC l={lam:g}"
+                    label = "BC" if name == "bc" else f"DBC l={lam:g}" + (f" noise={sn:g}" if sn else "")
                     print(f"[{task_id}] {n} demos, {label}, seed {seed}: return {sc['mean_return']:.1f}, "
                           f"normalised {sc['normalized_return']:.3f}"
                           + (f", success {sc['success_rate']:.2f}" if sc["success_rate"] is not None else "")
                           + (f", sides {sc['sides']}" if "sides" in sc else "") + f" ({r.wall_s:.0f} s)", flush=True)
-            for (name, lam), rs in rows.items():
-                runs.append({**info, "method": name, "lambda_dm": lam, **_mean(rs), "per_seed": rs})
+            for (name, lam, sn), rs in rows.items():
+                runs.append({**info, "method": name, "lambda_dm": lam, "state_noise": sn, **_mean(rs), "per_seed": rs})
                 m = runs[-1]
-                print(f"[{task_id}] {n} demos {name} lambda {lam:g}: normalised {m['mean_normalized_return']:.3f}"
+                print(f"[{task_id}] {n} demos {name} lambda {lam:g} noise {sn:g}: normalised {m['mean_normalized_return']:.3f}"
                       + (f", success {m['mean_success']:.2f}" if m["mean_success"] is not None else ""), flush=True)
             res["dbc_vs_bc"] = {"T": dcfg.T, "dm_steps": dcfg.dm_steps, "steps": dcfg.steps,
                                 "normalize_dm": dcfg.normalize_dm, "runs": runs}

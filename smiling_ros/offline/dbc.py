@@ -14,6 +14,9 @@ where the same draw of (t, eps) is used for the agent and the expert term of a b
 flow through the frozen eps_phi into pi(s). BC (a forward-KL, mode-covering objective) is thus
 complemented by the diffusion term (reverse-KL-like, mode-seeking): actions that the joint model finds
 unlikely next to s are pushed back towards the expert manifold. ``lambda_dm = 0`` is plain BC.
+With ``state_noise`` > 0 both diffusion terms are taken at s jittered by that many data stds (the
+recorded action standing in for the expert's there), so the term also shapes pi between the recorded
+states, where BC has no target; 0 is the published loss.
 
 The result is an ``mlp_policy`` checkpoint (``eval``, the controller and BRIDGER's policy source
 load it); the frozen diffusion model is saved beside it as ``NAME.dm.safetensors`` (kind
@@ -57,12 +60,15 @@ class DBCConfig:
     batch_size: int = 256
     lambda_dm: float = 1.0  # weight of L_DM (paper: 0.2 .. 30 per task); 0 = plain BC
     normalize_dm: bool = True  # L_DM = max(L_agent - L_expert, 0); false: L_agent alone (ablation)
+    # L_DM at states jittered by this many data stds (0: at the recorded states, as published). BC fits
+    # the recorded actions almost exactly, so the diffusion term has most to say between demonstrations.
+    state_noise: float = 0.0
     log_every: int = 100
 
     def validate(self, where: str) -> None:
         for name in ("T", "dm_hidden", "dm_layers", "steps", "batch_size", "log_every"):
             positive(getattr(self, name), where, name)
-        for name in ("dm_steps", "lambda_dm"):
+        for name in ("dm_steps", "lambda_dm", "state_noise"):
             positive(getattr(self, name), where, name, allow_zero=True)
         positive(self.lr, where, "lr")
         positive(self.dm_lr, where, "dm_lr")
@@ -148,6 +154,10 @@ def dbc_losses(
     if dm is None or cfg.lambda_dm == 0:
         out.update(loss=bc, agent=torch.zeros(()), expert=torch.zeros(()), dm=torch.zeros(()))
         return out
+    if cfg.state_noise > 0:  # both terms at the jittered state: pi's action there vs the recorded one
+        s = s + cfg.state_noise * torch.as_tensor(dm.norm.std[: s.shape[1]], dtype=s.dtype) * torch.randn(
+            s.shape, generator=gen)
+        a_pi = policy.forward(s)
     x_agent = dm.norm.normalize(torch.cat([s, a_pi], 1))
     x_expert = dm.norm.normalize(torch.cat([s, a], 1))
     # One draw of (t, eps) shared by the agent and the expert term: their difference then measures
