@@ -165,15 +165,15 @@ def test_cli_train_dydiff_then_smiling_in_the_world_model(data, tmp_path, capsys
     assert rc == 0, capsys.readouterr().err
     pol = load_policy(tmp_path / "run" / "policy.safetensors", device="cpu")
     assert pol.act(data[0].obs[0]).shape == (1,)
-    # smiling.absorbing unset: a world model's terminations are absorbing; an explicit false wins
+    # the world model's terminations (learned falls, halts) can be valued as absorbing states
     import json
 
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["absorbing"] is True
-    off = tmp_path / "ip_off.yaml"
-    off.write_text(open(cfg).read().replace("smiling: {", "smiling: {absorbing: false, "))
-    assert main(["train-smiling", "--config", str(off), "--dataset", str(tmp_path / "demos"), "--out",
-                 str(tmp_path / "run_off"), "--world-model", str(wm), "--no-progress", "--steps", "120"]) == 0
-    assert json.loads((tmp_path / "run_off" / "summary.json").read_text())["absorbing"] is False
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["absorbing"] is False
+    on = tmp_path / "ip_absorbing.yaml"
+    on.write_text(open(cfg).read().replace("smiling: {", "smiling: {absorbing: true, "))
+    assert main(["train-smiling", "--config", str(on), "--dataset", str(tmp_path / "demos"), "--out",
+                 str(tmp_path / "run_on"), "--world-model", str(wm), "--no-progress", "--steps", "120"]) == 0
+    assert json.loads((tmp_path / "run_on" / "summary.json").read_text())["absorbing"] is True
 
 
 def test_the_model_halts_where_its_ensemble_disagrees_more_than_on_any_recorded_transition(data, world_model,

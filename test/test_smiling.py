@@ -206,7 +206,7 @@ def test_smiling_on_arm_beats_random_and_exports_policy(arm_demos, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     final = summary["final_eval"]
     refs = summary["references"]
-    assert summary["absorbing"] is False  # smiling.absorbing unset: off in a simulator
+    assert summary["absorbing"] is False  # smiling.absorbing: off unless set
     assert refs["expert"] > refs["random"] + 20
     # clearly better than a uniform-random policy after 2500 env steps
     assert float(final["normalized_return"]) > 0.12

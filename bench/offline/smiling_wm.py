@@ -1,13 +1,15 @@
 """SMILING trained in a DyDiff world model vs SMILING trained in MuJoCo, on the arm task, from the same
 scripted demonstrations; every policy is scored by its true return in MuJoCo.
 
-Three arms, each over ``--seeds``:
-  mujoco        train-smiling in the simulator (the reference);
-  world_model   train-smiling --world-model with the defaults: the model halts where its ensemble
-                disagrees more than on any recorded transition, and SMILING values that termination as
-                an absorbing state (smiling.absorbing unset);
-  no_halt       the same world model with the halt removed and smiling.absorbing false (the previous
-                behaviour: only the data's bounding box ends an episode).
+Arms, each over ``--seeds``:
+  mujoco             train-smiling in the simulator (the reference);
+  world_model        train-smiling --world-model with the defaults: the model halts where its ensemble
+                     disagrees more than on any recorded transition (dydiff.halt_disagreement 1),
+                     smiling.absorbing off;
+  no_halt            the same world model with the halt removed;
+  halt_absorbing     the defaults plus smiling.absorbing true (halts and leaving the data's range are
+                     valued as an absorbing state);
+  no_halt_absorbing  no halt, smiling.absorbing true.
 
 Afterwards `smiling-ros eval` scores every policy, a random policy and the scripted expert on the same
 MuJoCo episodes, and each world-model policy's behaviour is described in MuJoCo and in the world-model env
@@ -49,7 +51,8 @@ def main() -> None:
     ap.add_argument("--wm-steps", type=int, default=4000, help="window-model and ensemble steps")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    ap.add_argument("--arms", nargs="+", default=["mujoco", "world_model", "no_halt"])
+    ap.add_argument("--arms", nargs="+", default=["mujoco", "world_model", "no_halt", "halt_absorbing",
+                                                   "no_halt_absorbing"])
     ap.add_argument("--work", default=str(ROOT / "bench/offline/out/smiling_wm"))
     ap.add_argument("--out", default=str(ROOT / "bench/offline/results/smiling_wm.json"))
     args = ap.parse_args()
@@ -76,18 +79,23 @@ def main() -> None:
     threshold = model.halt_threshold
     model.halt_threshold = None
     wm_nohalt = model.save(work / "wm_nohalt.safetensors")
-    cfg = yaml.safe_load(CONFIG.read_text())
-    cfg.setdefault("smiling", {})["absorbing"] = False
-    cfg_noabs = work / "arm_reach_no_absorbing.yaml"
-    cfg_noabs.write_text(yaml.safe_dump(cfg))
+    configs = {None: CONFIG}
+    for absorbing in (False, True):
+        cfg = yaml.safe_load(CONFIG.read_text())
+        cfg.setdefault("smiling", {})["absorbing"] = absorbing
+        configs[absorbing] = work / f"arm_reach_absorbing_{str(absorbing).lower()}.yaml"
+        configs[absorbing].write_text(yaml.safe_dump(cfg))
+    arms = {  # name: (world model or None for MuJoCo, smiling.absorbing or None for the config's)
+        "mujoco": (None, None), "world_model": (wm, None), "no_halt": (wm_nohalt, False),
+        "halt_absorbing": (wm, True), "no_halt_absorbing": (wm_nohalt, True)}
 
     def train(arm: str, seed: int) -> Path:
         run = work / f"{arm}_s{seed}"
         if (run / "summary.json").exists():
             return run
-        extra = {"mujoco": [], "world_model": ["--world-model", str(wm)],
-                 "no_halt": ["--world-model", str(wm_nohalt)]}[arm]
-        conf = cfg_noabs if arm == "no_halt" else CONFIG
+        model, absorbing = arms[arm]
+        extra = ["--world-model", str(model)] if model else []
+        conf = configs[absorbing]
         resume = ["--resume"] if (run / "state.safetensors").exists() else []
         sh(["smiling-ros", "train-smiling", "--config", str(conf), "--dataset", str(demos), "--out", str(run),
             "--steps", str(args.steps), "--seed", str(seed), "--no-progress", "--device", "cpu", *extra, *resume],

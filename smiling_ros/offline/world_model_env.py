@@ -12,9 +12,7 @@ terminated: the learned termination model says the episode ends here (e.g. a fal
 recorded episodes that ended early), the state left the data's support (min/max widened by
 ``support_margin`` stds), or the single-step ensemble disagrees on (s, a) more than anywhere in the data
 (``dydiff.halt_disagreement``; ``info['halt']``): in those places the model has no data to be right about,
-and a policy trained in it would learn to exploit its errors (e.g. pass through an obstacle the
-recordings never touched). ``absorbing_terminations`` tells SMILING's trainer to value such a
-termination as an absorbing state worse than any recorded one (``smiling.absorbing``).
+and a policy trained in it could learn to exploit its errors.
 truncated: after ``horizon`` steps.
 All randomness (start states, diffusion noise) derives from the env's ``np_random`` (seeded by reset).
 """
@@ -34,7 +32,6 @@ from smiling_ros.offline.dydiff import WorldModel
 
 class WorldModelEnv(gym.Env):
     metadata = {"render_modes": []}
-    absorbing_terminations = True
 
     def __init__(self, model: WorldModel, horizon: int, refine: bool = True):
         super().__init__()

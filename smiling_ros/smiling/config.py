@@ -106,9 +106,9 @@ class SmilingSection:
     reward_std: float = 0.1  # per-batch reward normalisation to this std (0: raw cost)
     reward_clip: float = 0.02  # winsorise each batch's raw cost at these quantiles before normalising (0: off)
     # True: a true termination also earns the batch's lowest reward forever after (absorbing state).
-    # None (default): on in a world-model env, where a termination means the model left its data;
-    # off in a simulator or on a robot: on Hopper-v5 it kept SMILING balancing in place (README, Benchmarks).
-    absorbing: Optional[bool] = None
+    # Off by default: it kept SMILING balancing in place on Hopper-v5, and in a DyDiff world model of the
+    # arm it cut the policy's normalised return in MuJoCo from 0.90 to 0.39 (README, Benchmarks).
+    absorbing: bool = False
     min_demo_states: int = 50
     # --- loop
     n_envs: int = 1  # simulator copies stepped together (in-process backends); step counts stay in env steps

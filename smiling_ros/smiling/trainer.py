@@ -332,10 +332,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
                 reward_model = DacReward(x_exp, opts, dev, seed)
 
-            absorbing = opts.absorbing
-            if absorbing is None:  # auto: a world model's terminations are places without data
-                absorbing = bool(getattr(env.unwrapped, "absorbing_terminations", False))
-            absorb = absorbing and sac_o.gamma < 1
+            absorb = opts.absorbing and sac_o.gamma < 1
             k_abs = sac_o.gamma / (1 - sac_o.gamma) if absorb else 0.0
 
             def relabel(samples):
