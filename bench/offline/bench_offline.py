@@ -26,6 +26,7 @@ the failure of an action averaged between the two modes).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -270,9 +271,12 @@ def main() -> None:
         _save(out, a.task, res)
     # ------------------------------------------------------------------ 2. offline learner +- DyDiff
     if "offline" not in skip:
-        rows = {"td3bc": [], "td3bc_dydiff": []}
+        no_halt = copy.copy(wm)  # the ablation: rollouts not cut where the ensemble disagrees
+        no_halt.halt_threshold = None
+        learners = {"td3bc": None, "td3bc_dydiff": wm, "td3bc_dydiff_no_halt": no_halt}
+        rows = {name: [] for name in learners}
         for seed in range(a.td3_seeds):
-            for name, w in (("td3bc", None), ("td3bc_dydiff", wm)):
+            for name, w in learners.items():
                 t0 = time.time()
                 agent = train_offline(demos, wcfg, low, high, world_model=w, seed=seed, progress=False,
                                       meta={"max_episode_steps": cfg.task.max_episode_steps})
@@ -287,7 +291,8 @@ def main() -> None:
                                  float(np.mean([r["success_rate"] for r in rs])), "per_seed": rs}
                           for name, rs in rows.items()}
         res["offline"]["config"] = {"real_fraction": wcfg.real_fraction, "keep_fraction": wcfg.keep_fraction,
-                                    "K": wcfg.refinements, "H": wcfg.horizon, "steps": a.td3_steps}
+                                    "K": wcfg.refinements, "H": wcfg.horizon, "steps": a.td3_steps,
+                                    "halt_threshold": wm.halt_threshold}
     res["total_wall_s"] = time.time() - t_start
     res["cpu_s"] = _cpu_s()
     _save(out, a.task, res)
