@@ -219,19 +219,24 @@ def test_smiling_on_arm_beats_random_and_exports_policy(arm_demos, tmp_path):
     assert summary["score_rows_per_update"] == pytest.approx(4 * 128)
 
 
+def crash_after(step: int):
+    """A trainer callback that raises at the first metrics event at or after ``step`` (a crash mid-run)."""
+
+    def crash(ev):
+        if ev.get("step", 0) >= step and "metrics" in ev:
+            raise RuntimeError("simulated crash")
+
+    return crash
+
+
 def test_resume_after_crash_reaches_same_step_count(arm_demos, tmp_path):
     from smiling_ros.smiling.trainer import train
 
     cfg = tiny_cfg(total_steps=900, checkpoint_every=300, eval_every=450, eval_episodes=2, log_every=150,
                    expert_steps=100)
     out = tmp_path / "run"
-
-    def crash(ev):
-        if ev.get("step", 0) >= 750 and "metrics" in ev:
-            raise RuntimeError("simulated crash")
-
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, arm_demos, out, progress=False, callback=crash)
+        train(cfg, arm_demos, out, progress=False, callback=crash_after(750))
     st = load_checkpoint(out / "state.safetensors")
     assert st.meta["step"] == 600 and st.meta["buffer"]["used"] == 600
     learner_before = st.tensors["score.learner.mlp.0.weight"].clone()

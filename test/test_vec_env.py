@@ -12,7 +12,7 @@ import torch
 
 from smiling_ros.checkpoint import load_checkpoint
 from smiling_ros.errors import UserError
-from test_smiling import ARM, arm_demos, tiny_cfg  # noqa: F401 - arm_demos is a fixture
+from test_smiling import ARM, arm_demos, crash_after, tiny_cfg  # noqa: F401 - arm_demos is a fixture
 
 EP_LEN = 100  # ArmReach episodes end by time limit only
 
@@ -123,13 +123,8 @@ def test_resume_with_two_envs_reaches_same_step_count(arm_demos, tmp_path):
     cfg = tiny_cfg(n_envs=2, total_steps=600, checkpoint_every=200, eval_episodes=0, log_every=100,
                    expert_steps=50, learner_every=200)
     out = tmp_path / "run"
-
-    def crash(ev):
-        if ev.get("step", 0) >= 500 and "metrics" in ev:
-            raise RuntimeError("simulated crash")
-
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, arm_demos, out, progress=False, callback=crash)
+        train(cfg, arm_demos, out, progress=False, callback=crash_after(500))
     st = load_checkpoint(out / "state.safetensors")
     assert st.meta["step"] == 400 and st.meta["buffer"]["used"] == 200
     with pytest.raises(UserError, match=r"2 env copies .*resume with n_envs 2, not 3"):
