@@ -50,7 +50,7 @@ setup(
             "ros-diagnostic-msgs",
             "ros-lifecycle-msgs",
         ],
-        "test": ["pytest>=7", "hypothesis>=6", "colcon-common-extensions", "colcon-ros"],
+        "test": ["pytest>=7", "hypothesis>=6", "colcon-common-extensions", "colcon-ros", "ruff>=0.5", "mypy>=1.8"],
     },
     entry_points={
         "console_scripts": [f"smiling-ros = {PACKAGE}.cli:main"]

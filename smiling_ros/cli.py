@@ -51,7 +51,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from smiling_ros.runtime import limit_threads
+    from smiling_ros.learn.runtime import limit_threads
 
     limit_threads()
     top = _parser()

@@ -32,7 +32,7 @@ def ros_available() -> bool:
 @pytest.fixture
 def ros_env():
     """Environment for child ROS processes started by a test (same domain, loopback DDS)."""
-    from smiling_ros.rosenv import child_env
+    from smiling_ros.ros.dds_env import child_env
 
     return child_env()
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from smiling_ros.bridger.interpolants import KINDS, Interpolant
-from smiling_ros.bridger.nets import BridgerNet, NumpyForward, denoiser_loss, velocity_loss
-from smiling_ros.bridger.sampler import make_grid, sample_numpy, sample_torch
+from smiling_ros.methods.bridger.interpolants import KINDS, Interpolant
+from smiling_ros.methods.bridger.nets import BridgerNet, NumpyForward, denoiser_loss, velocity_loss
+from smiling_ros.methods.bridger.sampler import make_grid, sample_numpy, sample_torch
 from smiling_ros.errors import UserError
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from smiling_ros.bridger.policy import BridgerPolicy
-from smiling_ros.bridger.sources import CvaePolicy, GaussianSource, HeuristicSource, PolicySource
-from smiling_ros.bridger.train import BridgerConfig, CvaeConfig, make_source, train_bridger, train_cvae
-from smiling_ros.checkpoint import load_checkpoint
-from smiling_ros.dataset import Dataset
+from smiling_ros.methods.bridger.policy import BridgerPolicy
+from smiling_ros.methods.bridger.sources import CvaePolicy, GaussianSource, HeuristicSource, PolicySource
+from smiling_ros.methods.bridger.train import BridgerConfig, CvaeConfig, make_source, train_bridger, train_cvae
+from smiling_ros.learn.checkpoint import load_checkpoint
+from smiling_ros.data.dataset import Dataset
 from smiling_ros.errors import UserError
-from smiling_ros.policy import MlpActor, MlpPolicy, load_policy
+from smiling_ros.learn.policy import MlpActor, MlpPolicy, load_policy
 
 TINY = BridgerConfig(train_steps=80, hidden=[32, 32], batch_size=64, log_every=20)
 
@@ -23,7 +23,7 @@ TINY = BridgerConfig(train_steps=80, hidden=[32, 32], batch_size=64, log_every=2
 def arm_ds():
     """Six scripted-expert episodes of the own task (both modes appear)."""
     from smiling_ros.envs import ARM_REACH, ScriptedExpert, make_env
-    from smiling_ros.evaluation import run_episodes
+    from smiling_ros.data.evaluation import run_episodes
 
     env = make_env(ARM_REACH, seed=0)
     eps = run_episodes(ScriptedExpert(seed=0), env, 6, seed=0, record=True)
@@ -251,7 +251,7 @@ def test_window_and_chunk(arm_ds, tmp_path):
 
 
 def test_checkpoint_may_name_only_registered_heuristics(small_policy, tmp_path):
-    from smiling_ros.checkpoint import save_checkpoint
+    from smiling_ros.learn.checkpoint import save_checkpoint
 
     _, path = small_policy
     ck = load_checkpoint(path)

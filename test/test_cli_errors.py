@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from smiling_ros.checkpoint import save_checkpoint
+from smiling_ros.learn.checkpoint import save_checkpoint
 from smiling_ros.cli import VERBS, main
-from smiling_ros.dataset import Dataset
+from smiling_ros.data.dataset import Dataset
 from smiling_ros.errors import UserError
 
 OBS, ACT = 8, 2  # the arm task's dimensions
@@ -65,7 +65,7 @@ def mk_bag_dir(d):  # a rosbag2 directory given where a dataset is expected
 
 def mk_meta_corrupt(d):
     p = good_dataset(d / "ds")
-    (p / "meta.json").write_text('{"format": "smiling_ros.dataset/1", ')
+    (p / "meta.json").write_text('{"format": "smiling_ros.data.dataset/1", ')
     return p
 
 
@@ -257,8 +257,8 @@ def ck_pickle(d):
 
 
 def ck_truncated(d):
-    from smiling_ros.dataset import Normalizer
-    from smiling_ros.policy import MlpActor, MlpPolicy
+    from smiling_ros.data.dataset import Normalizer
+    from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
     p = MlpPolicy(MlpActor(OBS, ACT, [16]), Normalizer.identity(OBS), -np.ones(ACT), np.ones(ACT),
                   {"task": "smiling_ros/ArmReach-v0"}).save(d / "policy")
@@ -271,8 +271,8 @@ def ck_dataset_dir(d):
 
 
 def ck_other_dims(d):
-    from smiling_ros.dataset import Normalizer
-    from smiling_ros.policy import MlpActor, MlpPolicy
+    from smiling_ros.data.dataset import Normalizer
+    from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
     return MlpPolicy(MlpActor(5, ACT, [16]), Normalizer.identity(5), -np.ones(ACT), np.ones(ACT),
                      {"task": "smiling_ros/ArmReach-v0"}).save(d / "other")
@@ -420,7 +420,7 @@ def test_sigkill_during_dataset_save_leaves_a_dataset(tmp_path):
 
 
 def test_save_failing_between_the_renames_puts_the_previous_back(tmp_path, monkeypatch):
-    import smiling_ros.dataset as dataset_mod
+    import smiling_ros.data.dataset as dataset_mod
 
     out = good_dataset(tmp_path / "ds", n_eps=2)
     real = os.replace

@@ -14,7 +14,7 @@ import yaml
 
 from smiling_ros.cli import main
 from smiling_ros.config import load_config
-from smiling_ros.dataset import Dataset
+from smiling_ros.data.dataset import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((REPO / "config" / "arm_reach.yaml").read_text())
@@ -185,11 +185,11 @@ def test_config_error_through_the_console_script(tmp_path, dataset):
 @pytest.mark.parametrize("name", ["arm_reach", "hopper"])
 def test_shipped_configs_parse_in_every_section(name):
     """The shipped examples stay valid for every method that reads them (strictness cuts both ways)."""
-    from smiling_ros.bridger.train import load_section
-    from smiling_ros.controller import ControllerSection
-    from smiling_ros.offline.dbc import DBCConfig
-    from smiling_ros.offline.dydiff import DyDiffConfig
-    from smiling_ros.smiling.config import expert_section, smiling_section
+    from smiling_ros.methods.bridger.train import load_section
+    from smiling_ros.control import ControllerSection
+    from smiling_ros.methods.dbc.train import DBCConfig
+    from smiling_ros.methods.dydiff.train import DyDiffConfig
+    from smiling_ros.methods.smiling.config import expert_section, smiling_section
 
     cfg = load_config(name)
     smiling_section(cfg)

@@ -1,4 +1,4 @@
-"""ROS-free tests of the control loop behind controller_node (smiling_ros/controller.py).
+"""ROS-free tests of the control loop behind controller_node (smiling_ros/control/).
 
 Times are synthetic nanoseconds, so every watchdog and deadline bound is checked exactly here;
 the node tests (test_controller_node.py) check the same behaviour over DDS between processes.
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smiling_ros.adapters.fields import VectorAssembler
+from smiling_ros.io.fields import VectorAssembler
 from smiling_ros.config import FieldSpec, config_from_dict
-from smiling_ros.controller import (
+from smiling_ros.control import (
     ControlLoop,
     ControllerSection,
     DeadlineTracker,
@@ -28,9 +28,9 @@ from smiling_ros.controller import (
     resolve_limits,
     resolve_settings,
 )
-from smiling_ros.dataset import Normalizer
+from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.policy import MlpActor, MlpPolicy
+from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
 MS = 1_000_000
 P = 10 * MS  # control period of the synthetic loop (100 Hz)

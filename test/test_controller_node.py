@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from conftest import requires_ros
-from smiling_ros.dataset import Normalizer
-from smiling_ros.policy import MlpActor, MlpPolicy, load_policy
+from smiling_ros.data.dataset import Normalizer
+from smiling_ros.learn.policy import MlpActor, MlpPolicy, load_policy
 
 pytestmark = requires_ros
 
@@ -158,7 +158,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from smiling_ros.rosenv import child_env
+    from smiling_ros.ros.dds_env import child_env
 
     d = tmp_path_factory.mktemp("controller")
     pols = make_policies(d)
@@ -312,7 +312,7 @@ def other_domain() -> int:
 
 
 def test_sigkill_stops_commands_restart_and_sigterm_are_clean(tmp_path):
-    from smiling_ros.rosenv import child_env
+    from smiling_ros.ros.dds_env import child_env
 
     pols = make_policies(tmp_path)
     cfg = write_config(tmp_path, follow_announcements=False)
@@ -345,7 +345,7 @@ def test_sigkill_stops_commands_restart_and_sigterm_are_clean(tmp_path):
 
 
 def test_bad_parameters_fail_configure_with_one_line(tmp_path):
-    from smiling_ros.rosenv import child_env
+    from smiling_ros.ros.dds_env import child_env
 
     ros_env = child_env(domain_id=other_domain())
     pols = make_policies(tmp_path)
@@ -384,7 +384,7 @@ def test_lifecycle_driven_over_services_like_a_launch_file(tmp_path):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
-    from smiling_ros.rosenv import child_env
+    from smiling_ros.ros.dds_env import child_env
 
     pols = make_policies(tmp_path)
     cfg = write_config(tmp_path, follow_announcements=False)

@@ -24,9 +24,9 @@ TIME_SCALE = 2.0  # sim and controller both at 2 x 20 Hz, so an episode takes 2.
 
 def clone_expert(path) -> None:
     """Behavioural cloning of the scripted expert (always passing left) into an mlp_policy file."""
-    from smiling_ros.dataset import Normalizer
+    from smiling_ros.data.dataset import Normalizer
     from smiling_ros.envs import ARM_REACH, ScriptedExpert, make_env
-    from smiling_ros.policy import MlpActor, MlpPolicy
+    from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
     env = make_env(ARM_REACH, seed=0)
     expert = ScriptedExpert(seed=0, mode="left")

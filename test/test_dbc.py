@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from smiling_ros.cli import main
-from smiling_ros.dataset import Dataset, Normalizer
+from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.offline.common import collect_dataset
-from smiling_ros.offline.dbc import DBCConfig, dbc_losses, train_dbc
-from smiling_ros.policy import load_policy
+from smiling_ros.learn.common import collect_dataset
+from smiling_ros.methods.dbc.train import DBCConfig, dbc_losses, train_dbc
+from smiling_ros.learn.policy import load_policy
 
 LOW, HIGH = np.array([-2.0], np.float32), np.array([2.0], np.float32)
 
@@ -132,8 +132,8 @@ def test_bad_input_is_one_line_error(demos, tmp_path, capsys):
     assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "other"), "--out", str(tmp_path / "x")]) == 2
     assert "Hopper-v5" in capsys.readouterr().err
     # a reused diffusion model of other dims
-    from smiling_ros.diffusion import NoiseSchedule, ScoreNet
-    from smiling_ros.offline.dbc import JointDiffusion
+    from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet
+    from smiling_ros.methods.dbc.train import JointDiffusion
 
     JointDiffusion(ScoreNet(6, hidden=8), NoiseSchedule(10), Normalizer.identity(6), 4, 2).save(tmp_path / "dm6")
     Dataset(demos.obs, demos.act, demos.episode_ends, {"task": "Pendulum-v1"}).save(tmp_path / "ok")
@@ -165,10 +165,10 @@ def test_dbc_policy_deploys_through_the_controller_and_sources_bridger(demos, tm
     """The DBC checkpoint is what the controller publishes from, and a BRIDGER source."""
     import yaml
 
-    from smiling_ros.bridger.sources import PolicySource
-    from smiling_ros.bridger.train import BridgerConfig, make_source, train_bridger
+    from smiling_ros.methods.bridger.sources import PolicySource
+    from smiling_ros.methods.bridger.train import BridgerConfig, make_source, train_bridger
     from smiling_ros.config import FieldSpec
-    from smiling_ros.controller import ControlLoop, load_controller_policy, make_assembler, resolve_limits, \
+    from smiling_ros.control import ControlLoop, load_controller_policy, make_assembler, resolve_limits, \
         resolve_settings
 
     demos.save(tmp_path / "demos")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from smiling_ros.cli import main
-from smiling_ros.dataset import Dataset
+from smiling_ros.data.dataset import Dataset
 from smiling_ros.errors import UserError
-from smiling_ros.offline.common import collect_dataset
-from smiling_ros.offline.dydiff import DyDiffConfig, TD3BCConfig, train_offline, train_world_model, windows
+from smiling_ros.learn.common import collect_dataset
+from smiling_ros.methods.dydiff.train import DyDiffConfig, TD3BCConfig, train_offline, train_world_model, windows
 
 ENV = "InvertedPendulum-v5"
 H = 32
@@ -102,7 +102,7 @@ def test_world_model_env_is_valid_gymnasium_env(world_model, tmp_path):
     from gymnasium.utils.env_checker import check_env
 
     from smiling_ros.config import config_from_dict
-    from smiling_ros.offline.world_model_env import make_world_model_env
+    from smiling_ros.methods.dydiff.world_model_env import make_world_model_env
 
     path = world_model.save(tmp_path / "wm.safetensors")
     cfg = config_from_dict({"task": {"env": ENV}, "observation": [{"topic": "/observation"}]}, "test.yaml")
@@ -124,7 +124,7 @@ def test_world_model_env_is_valid_gymnasium_env(world_model, tmp_path):
     dims = config_from_dict({"task": {"env": ENV}, "observation": [{"topic": "/observation", "size": 11}]}, "d.yaml")
     with pytest.raises(UserError, match="obs_dim is 4 but"):
         make_world_model_env(path, dims)
-    from smiling_ros.checkpoint import save_checkpoint
+    from smiling_ros.learn.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "pol.safetensors", {"x": torch.zeros(1)}, {"kind": "mlp_policy"})
     with pytest.raises(UserError, match="expected dydiff"):
@@ -157,7 +157,7 @@ def test_cli_train_dydiff_then_smiling_in_the_world_model(data, tmp_path, capsys
                  "--policy-out", str(tmp_path / "td3bc"), "--quiet"]) == 0
     for name in ("wm.safetensors", "wm.json", "wm_log.csv", "wm_log.png", "td3bc.safetensors", "td3bc_log.csv"):
         assert (tmp_path / name).exists(), name
-    from smiling_ros.policy import load_policy
+    from smiling_ros.learn.policy import load_policy
 
     assert load_policy(tmp_path / "td3bc.safetensors", device="cpu").meta["method"] == "td3bc+dydiff"
     rc = main(["train-smiling", "--config", cfg, "--dataset", str(tmp_path / "demos"), "--out", str(tmp_path / "run"),
@@ -180,8 +180,8 @@ def test_the_model_halts_where_its_ensemble_disagrees_more_than_on_any_recorded_
                                                                                             tmp_path):
     import copy
 
-    from smiling_ros.offline.dydiff import WorldModel
-    from smiling_ros.offline.world_model_env import WorldModelEnv
+    from smiling_ros.methods.dydiff.train import WorldModel
+    from smiling_ros.methods.dydiff.world_model_env import WorldModelEnv
 
     thr = world_model.halt_threshold
     assert thr is not None and thr > 0
@@ -236,8 +236,8 @@ def test_smiling_in_the_world_model_is_evaluated_in_mujoco(data, world_model, tm
     import csv
 
     from smiling_ros.config import load_config
-    from smiling_ros.evaluation import RandomPolicy, evaluate, run_episodes
-    from smiling_ros.offline.world_model_env import make_world_model_env
+    from smiling_ros.data.evaluation import RandomPolicy, evaluate, run_episodes
+    from smiling_ros.methods.dydiff.world_model_env import make_world_model_env
 
     data[0].save(tmp_path / "demos")
     wm = world_model.save(tmp_path / "wm.safetensors")

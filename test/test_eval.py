@@ -9,9 +9,9 @@ import torch
 
 from smiling_ros.cli import main
 from smiling_ros.config import load_config
-from smiling_ros.dataset import Dataset, Normalizer
+from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.policy import MlpActor, MlpPolicy
+from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
 ARM = "smiling_ros/ArmReach-v0"
 
@@ -32,7 +32,7 @@ def random_mlp_policy(obs_dim, act_dim, task, cfg=None):
 
 
 def test_evaluate_scripted_and_random_with_normalised_return():
-    from smiling_ros.evaluation import evaluate, normalized_return, reference_returns
+    from smiling_ros.data.evaluation import evaluate, normalized_return, reference_returns
 
     refs = reference_returns(arm_env_fn, "scripted", episodes=3, seed=10, task=ARM)
     assert refs["expert"] > refs["random"] + 20 and refs["expert_source"] == "scripted"
@@ -49,7 +49,7 @@ def test_evaluate_scripted_and_random_with_normalised_return():
 
 
 def test_references_prefer_dataset_expert_return_and_cache(tmp_path):
-    from smiling_ros.evaluation import reference_returns
+    from smiling_ros.data.evaluation import reference_returns
 
     ds = Dataset(np.zeros((10, 8), np.float32), None, np.array([10]), {"task": ARM, "expert_return": -9.5})
     cache = tmp_path / "references.json"
@@ -79,7 +79,7 @@ def test_eval_refuses_checkpoint_of_another_task(tmp_path, capsys):
 
 
 def test_train_expert_rollout_and_bad_rollout_out(tmp_path, capsys):
-    from smiling_ros.policy import load_policy
+    from smiling_ros.learn.policy import load_policy
 
     cfgp = tmp_path / "pend.yaml"
     cfgp.write_text(
@@ -120,7 +120,7 @@ def test_rollout_scripted_arm_state_only(tmp_path):
 
 
 def test_resolve_policy_errors():
-    from smiling_ros.evaluation import resolve_policy
+    from smiling_ros.data.evaluation import resolve_policy
 
     import gymnasium
 

@@ -8,7 +8,7 @@ import pytest
 from badbags import JOINTS, T, float_array, joint_state, pose_stamped, yaw_quat
 from transforms3d.euler import euler2quat, quat2euler
 
-from smiling_ros.adapters.fields import (
+from smiling_ros.io.fields import (
     VectorAssembler,
     element_names,
     extract,

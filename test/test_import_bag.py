@@ -29,7 +29,7 @@ from badbags import (
 )
 
 from smiling_ros.cli import main
-from smiling_ros.dataset import Dataset
+from smiling_ros.data.dataset import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,7 +225,7 @@ def test_custom_message_type_from_bag_definitions(tmp_path, capsys):
     """A message type known only from the bag's own definitions (not in the Jazzy store) deserialises."""
     from rosbags.typesys import get_types_from_msg
 
-    from smiling_ros.adapters.bag import BagWriter, typestore
+    from smiling_ros.io.bag import BagWriter, typestore
 
     store = typestore()
     store.register(get_types_from_msg("float64[] q\nstring label\ngeometry_msgs/Vector3 tip\n", "my_robot_msgs/msg/ArmState"))
@@ -295,7 +295,7 @@ def test_record_demos_bag_pairs_observation_k_with_command_k(tmp_path, ros_env):
 
     if not ros_available():
         pytest.skip("rclpy wheels / ROS 2 not installed")
-    from smiling_ros.adapters.bag import open_bag
+    from smiling_ros.io.bag import open_bag
 
     exe = shutil.which("smiling-ros", path=os.path.dirname(sys.executable)) or shutil.which("smiling-ros")
     cmd = [exe] if exe else [sys.executable, "-m", "smiling_ros.cli"]

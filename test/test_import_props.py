@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from transforms3d.euler import euler2quat
 
-from smiling_ros.adapters.fields import VectorAssembler, extract, quat_to_euler
+from smiling_ros.io.fields import VectorAssembler, extract, quat_to_euler
 from smiling_ros.config import FieldSpec, load_config
-from smiling_ros.importer import PHASE, gap_intervals, grid_times, zoh
+from smiling_ros.io.importer import PHASE, gap_intervals, grid_times, zoh
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -143,8 +143,8 @@ def test_assembler_vector_is_latest_of_each_field(events):
        rate=st.sampled_from([10.0, 20.0, 50.0]))
 def test_import_matches_brute_force_zoh(diffs_ms, storage, rate):
     """Random message times on one Float64MultiArray topic -> episodes from gaps, rows by ZOH."""
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.importer import import_bag
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.io.importer import import_bag
 
     gap_ms = 250
     times = T0 + np.cumsum([0] + diffs_ms).astype(np.int64) * 1_000_000

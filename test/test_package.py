@@ -42,16 +42,43 @@ def test_console_scripts_are_installed_and_importable():
     assert out.returncode == 0 and "import-bag" in out.stdout
 
 
+CORE = ("data", "learn", "methods", "io", "control", "envs", "config.py", "errors.py", "paths.py", "__init__.py")
+ROS_MODULE = re.compile(r"^(rclpy|rosidl_\w+|launch\w*|\w+_msgs|\w+_srvs|\w+_interfaces|smiling_ros\.(ros|nodes))(\.|$)")
+UPWARD = re.compile(r"^smiling_ros\.(commands|cli|nodes)(\.|$)")
+
+
+def _imports(path):
+    """Every module a file imports, at module level or inside functions (absolute names)."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
 def test_core_has_no_ros_import():
-    """The core and adapters stay usable without ROS: rclpy only in smiling_ros/ros and nodes."""
+    """The core (data, learn, methods, io, control, envs and the top-level modules) stays usable
+    without ROS: no rclpy, message/service packages, launch, smiling_ros.ros or smiling_ros.nodes,
+    not even inside a function; and it never imports the layers above it (commands, CLI, nodes)."""
     offenders = []
-    for f in (REPO / "smiling_ros").rglob("*.py"):
+    for f in sorted((REPO / "smiling_ros").rglob("*.py")):
         rel = f.relative_to(REPO / "smiling_ros").parts
-        if rel[0] in ("ros", "nodes"):
+        if rel[0] not in CORE:
             continue
-        if re.search(r"^\s*(import|from)\s+rclpy", f.read_text(), re.M):
-            offenders.append(str(f))
+        for mod in _imports(f):
+            if ROS_MODULE.match(mod) or UPWARD.match(mod):
+                offenders.append(f"{'/'.join(rel)}: {mod}")
     assert not offenders, offenders
+
+
+def test_layering_guard_catches_a_lazy_ros_import(tmp_path):
+    """The guard itself: a message import inside a function of a core module is seen."""
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from std_msgs.msg import String\n    import smiling_ros.ros.qos\n")
+    found = [m for m in _imports(f) if ROS_MODULE.match(m)]
+    assert found == ["std_msgs.msg", "smiling_ros.ros.qos"]
 
 
 @pytest.mark.skipif(shutil.which("colcon") is None and not Path(sys.prefix, "bin", "colcon").exists(),

@@ -83,7 +83,7 @@ class Node:
 def read_bag(path):
     from rosbags.highlevel import AnyReader
 
-    from smiling_ros.adapters.bag import typestore
+    from smiling_ros.io.bag import typestore
 
     rows = {}
     with AnyReader([Path(path)], default_typestore=typestore()) as reader:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from smiling_ros.checkpoint import load_checkpoint
+from smiling_ros.learn.checkpoint import load_checkpoint
 from smiling_ros.config import load_config
-from smiling_ros.dataset import Dataset
+from smiling_ros.data.dataset import Dataset
 from smiling_ros.errors import UserError
 
 ARM = "smiling_ros/ArmReach-v0"
@@ -41,7 +41,7 @@ def tiny_cfg(**smiling):
 def arm_demos(tmp_path_factory):
     """10 scripted-expert episodes on the arm task, saved and reloaded like a user's dataset."""
     from smiling_ros.envs import make_env
-    from smiling_ros.evaluation import resolve_policy, run_episodes
+    from smiling_ros.data.evaluation import resolve_policy, run_episodes
 
     env = make_env(ARM)
     eps = run_episodes(resolve_policy("scripted", env, seed=7), env, 10, seed=100, record=True)
@@ -56,7 +56,7 @@ def arm_demos(tmp_path_factory):
 def random_states(n: int, seed: int = 0) -> np.ndarray:
     """States visited by a uniform-random policy on the arm task."""
     from smiling_ros.envs import make_env
-    from smiling_ros.evaluation import RandomPolicy, run_episodes
+    from smiling_ros.data.evaluation import RandomPolicy, run_episodes
 
     env = make_env(ARM)
     eps = run_episodes(RandomPolicy(env.action_space, seed), env, max(1, n // 100), seed=seed, record=True)
@@ -71,9 +71,9 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def test_expert_net_and_ds_cost_rank_expert_states_above_random(arm_demos):
-    from smiling_ros.diffusion import per_sample_denoising_error
-    from smiling_ros.smiling.config import SmilingSection
-    from smiling_ros.smiling.score import DSCost, ScorePlayer, batch_iterator, draw_timesteps, pretrain_expert
+    from smiling_ros.learn.diffusion import per_sample_denoising_error
+    from smiling_ros.methods.smiling.config import SmilingSection
+    from smiling_ros.methods.smiling.score import DSCost, ScorePlayer, batch_iterator, draw_timesteps, pretrain_expert
 
     torch.manual_seed(0)
     opts = SmilingSection(expert_steps=600, score_hidden=128, score_batch=256)
@@ -107,9 +107,9 @@ def test_expert_net_and_ds_cost_rank_expert_states_above_random(arm_demos):
 
 
 def test_timesteps_are_stratified_and_paired_with_their_state():
-    from smiling_ros.diffusion import NoiseSchedule, ScoreNet, per_sample_denoising_error
-    from smiling_ros.dataset import Normalizer
-    from smiling_ros.smiling.score import DSCost, draw_timesteps
+    from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, per_sample_denoising_error
+    from smiling_ros.data.dataset import Normalizer
+    from smiling_ros.methods.smiling.score import DSCost, draw_timesteps
 
     t = draw_timesteps(500, 4, 700)
     lo = torch.arange(4) * 175
@@ -135,8 +135,8 @@ def test_timesteps_are_stratified_and_paired_with_their_state():
 
 
 def test_timestep_range_informative_and_noise_floor():
-    from smiling_ros.diffusion import NoiseSchedule
-    from smiling_ros.smiling.score import draw_timesteps, t_max_of, timestep_range
+    from smiling_ros.learn.diffusion import NoiseSchedule
+    from smiling_ros.methods.smiling.score import draw_timesteps, t_max_of, timestep_range
 
     official = NoiseSchedule(5000, "linear", 1e-4, 0.02)
     n = t_max_of(official, 1e-3)
@@ -153,7 +153,7 @@ def test_timestep_range_informative_and_noise_floor():
 
 
 def test_batch_normalisation_is_robust_to_outliers():
-    from smiling_ros.smiling.score import normalize_batch
+    from smiling_ros.methods.smiling.score import normalize_batch
 
     torch.manual_seed(0)
     r = torch.cat([torch.randn(250) * 0.3, torch.full((3,), -40.0)])  # a few (1.2%) far-off states
@@ -169,9 +169,9 @@ def test_learner_loss_falls_over_rounds(arm_demos):
     from stable_baselines3.common.buffers import ReplayBuffer  # noqa: F401 - the real SB3 buffer underneath
 
     from smiling_ros.envs import make_env
-    from smiling_ros.smiling.buffer import RelabelingReplayBuffer
-    from smiling_ros.smiling.config import SmilingSection
-    from smiling_ros.smiling.score import SmilingReward
+    from smiling_ros.methods.smiling.buffer import RelabelingReplayBuffer
+    from smiling_ros.methods.smiling.config import SmilingSection
+    from smiling_ros.methods.smiling.score import SmilingReward
 
     torch.manual_seed(0)
     env = make_env(ARM)
@@ -194,8 +194,8 @@ def test_learner_loss_falls_over_rounds(arm_demos):
 
 # ----------------------------------------------------------------------------------- the loop
 def test_smiling_on_arm_beats_random_and_exports_policy(arm_demos, tmp_path):
-    from smiling_ros.policy import MlpPolicy, load_policy
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.learn.policy import MlpPolicy, load_policy
+    from smiling_ros.methods.smiling.trainer import train
 
     events = []
     out = tmp_path / "run"
@@ -230,7 +230,7 @@ def crash_after(step: int):
 
 
 def test_resume_after_crash_reaches_same_step_count(arm_demos, tmp_path):
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.methods.smiling.trainer import train
 
     cfg = tiny_cfg(total_steps=900, checkpoint_every=300, eval_every=450, eval_episodes=2, log_every=150,
                    expert_steps=100)
@@ -258,7 +258,7 @@ def test_resume_after_crash_reaches_same_step_count(arm_demos, tmp_path):
 
 
 def test_callback_false_stops_cleanly_with_checkpoint(arm_demos, tmp_path):
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.methods.smiling.trainer import train
 
     cfg = tiny_cfg(total_steps=2000, eval_episodes=0, log_every=100, expert_steps=50, variant="state_action")
     out = tmp_path / "run"
@@ -277,10 +277,10 @@ def test_callback_false_stops_cleanly_with_checkpoint(arm_demos, tmp_path):
 
 def test_dac_runs_and_discriminator_separates(arm_demos, tmp_path):
     from smiling_ros.envs import make_env
-    from smiling_ros.policy import load_policy
-    from smiling_ros.smiling.buffer import RelabelingReplayBuffer
-    from smiling_ros.smiling.config import DacSection, SmilingSection
-    from smiling_ros.smiling.dac import DacReward, train_dac
+    from smiling_ros.learn.policy import load_policy
+    from smiling_ros.methods.smiling.buffer import RelabelingReplayBuffer
+    from smiling_ros.methods.smiling.config import DacSection, SmilingSection
+    from smiling_ros.methods.smiling.dac import DacReward, train_dac
 
     out = tmp_path / "dac"
     path = train_dac(tiny_cfg(eval_episodes=2), arm_demos, out, total_steps=800, progress=False)
@@ -307,8 +307,8 @@ def test_dac_runs_and_discriminator_separates(arm_demos, tmp_path):
 
 
 def test_bc_learns_the_demo_actions(arm_demos, tmp_path):
-    from smiling_ros.policy import load_policy
-    from smiling_ros.smiling.bc import train_bc
+    from smiling_ros.learn.policy import load_policy
+    from smiling_ros.methods.bc import train_bc
 
     out = tmp_path / "bc"
     path = train_bc(tiny_cfg(eval_episodes=3), arm_demos, out, progress=False)
@@ -323,7 +323,7 @@ def test_bc_learns_the_demo_actions(arm_demos, tmp_path):
 
 # ----------------------------------------------------------------------------------- bad input
 def test_bad_demos_are_one_line_errors(arm_demos, tmp_path):
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.methods.smiling.trainer import train
 
     cfg = tiny_cfg()
     wrong = Dataset(np.zeros((300, 5), np.float32), None, np.array([300]), {"path": "wrong_dim"})
@@ -355,8 +355,8 @@ class NanRewardAfter(gymnasium.Wrapper):
 
 
 def test_non_finite_loss_is_a_user_error_and_keeps_last_checkpoint(tmp_path):
-    from smiling_ros.policy import load_policy
-    from smiling_ros.smiling.trainer import run
+    from smiling_ros.learn.policy import load_policy
+    from smiling_ros.methods.smiling.trainer import run
 
     cfg = tiny_cfg(checkpoint_every=200, eval_episodes=0, log_every=100)
     cfg.task.env, cfg.task.max_episode_steps = "Pendulum-v1", 200

@@ -32,7 +32,7 @@ LOG_EVERY = 25
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny SMILING config and three scripted-expert demonstrations of ArmReach."""
-    from smiling_ros.dataset import Dataset
+    from smiling_ros.data.dataset import Dataset
     from smiling_ros.envs import ARM_REACH, make_env, scripted_expert
 
     d = tmp_path_factory.mktemp("trainer")
@@ -175,7 +175,7 @@ def listener():
 
 
 def check_policy(path: str) -> None:
-    from smiling_ros.policy import load_policy
+    from smiling_ros.learn.policy import load_policy
 
     pol = load_policy(path, device="cpu", obs_dim=8, act_dim=2)
     a = pol.act(np.zeros(8, np.float32))

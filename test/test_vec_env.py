@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from smiling_ros.checkpoint import load_checkpoint
+from smiling_ros.learn.checkpoint import load_checkpoint
 from smiling_ros.errors import UserError
 from test_smiling import ARM, arm_demos, crash_after, tiny_cfg  # noqa: F401 - arm_demos is a fixture
 
@@ -18,8 +18,8 @@ EP_LEN = 100  # ArmReach episodes end by time limit only
 
 
 def test_n_envs_option_is_validated(arm_demos, tmp_path):
-    from smiling_ros.smiling.config import smiling_section
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.methods.smiling.config import smiling_section
+    from smiling_ros.methods.smiling.trainer import train
 
     assert smiling_section(tiny_cfg()).n_envs == 1  # default
     assert smiling_section(tiny_cfg(n_envs=3)).n_envs == 3
@@ -36,9 +36,9 @@ def test_fifo_and_relabelled_batches_cover_every_env_copy(arm_demos):
     """Buffer level: the learner FIFO holds the latest n transitions of all copies in time order,
     and a sampled batch's relabelled rewards are (B, 1) and finite."""
     from smiling_ros.envs import make_env
-    from smiling_ros.smiling.buffer import RelabelingReplayBuffer, recent_rows, sample_inputs
-    from smiling_ros.smiling.config import SmilingSection
-    from smiling_ros.smiling.score import SmilingReward
+    from smiling_ros.methods.smiling.buffer import RelabelingReplayBuffer, recent_rows, sample_inputs
+    from smiling_ros.methods.smiling.config import SmilingSection
+    from smiling_ros.methods.smiling.score import SmilingReward
 
     env = make_env(ARM)
     n_envs, positions = 3, 50
@@ -72,8 +72,8 @@ def test_fifo_and_relabelled_batches_cover_every_env_copy(arm_demos):
 
 
 def test_two_envs_exact_steps_one_update_per_env_step(arm_demos, tmp_path, monkeypatch):
-    from smiling_ros.smiling.buffer import RelabelingReplayBuffer
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.methods.smiling.buffer import RelabelingReplayBuffer
+    from smiling_ros.methods.smiling.trainer import train
 
     batches = []  # (buffer's n_envs, relabelled reward shape, all finite) of every SAC minibatch
     sample = RelabelingReplayBuffer.sample
@@ -118,7 +118,7 @@ def test_two_envs_exact_steps_one_update_per_env_step(arm_demos, tmp_path, monke
 
 
 def test_resume_with_two_envs_reaches_same_step_count(arm_demos, tmp_path):
-    from smiling_ros.smiling.trainer import train
+    from smiling_ros.methods.smiling.trainer import train
 
     cfg = tiny_cfg(n_envs=2, total_steps=600, checkpoint_every=200, eval_episodes=0, log_every=100,
                    expert_steps=50, learner_every=200)
@@ -144,7 +144,7 @@ def test_resume_with_two_envs_reaches_same_step_count(arm_demos, tmp_path):
 
 
 def test_dac_with_three_envs_rounds_total_up(arm_demos, tmp_path, capfd):
-    from smiling_ros.smiling.dac import train_dac
+    from smiling_ros.methods.smiling.dac import train_dac
 
     out = tmp_path / "dac"
     train_dac(tiny_cfg(eval_episodes=0, log_every=100), arm_demos, out, total_steps=500, progress=False, n_envs=3)

@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reacher_expert import ReacherExpert, SuccessInfo, elbow_mode  # noqa: E402
 
-from smiling_ros.bridger.sources import HeuristicSource  # noqa: E402
-from smiling_ros.bridger.train import BridgerConfig, CvaeConfig, make_source, train_bridger  # noqa: E402
-from smiling_ros.checkpoint import atomic_write_text  # noqa: E402
-from smiling_ros.dataset import Dataset  # noqa: E402
+from smiling_ros.methods.bridger.sources import HeuristicSource  # noqa: E402
+from smiling_ros.methods.bridger.train import BridgerConfig, CvaeConfig, make_source, train_bridger  # noqa: E402
+from smiling_ros.learn.checkpoint import atomic_write_text  # noqa: E402
+from smiling_ros.data.dataset import Dataset  # noqa: E402
 from smiling_ros.envs import ARM_REACH, ScriptedExpert, make_env, passing_side  # noqa: E402
-from smiling_ros.evaluation import run_episodes  # noqa: E402
-from smiling_ros.policy import MlpActor, MlpPolicy, load_policy  # noqa: E402
+from smiling_ros.data.evaluation import run_episodes  # noqa: E402
+from smiling_ros.learn.policy import MlpActor, MlpPolicy, load_policy  # noqa: E402
 
 STEPS = [1, 2, 5, 10]
 

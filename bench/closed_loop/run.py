@@ -52,10 +52,10 @@ def train_policy(path: Path, train_steps: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from smiling_ros.bridger.train import load_section, make_source, train_bridger
+    from smiling_ros.methods.bridger.train import load_section, make_source, train_bridger
     from smiling_ros.config import load_config
     from smiling_ros.envs import make_env_from_config, scripted_expert
-    from smiling_ros.offline.common import collect_dataset
+    from smiling_ros.learn.common import collect_dataset
 
     cfg = load_config("arm_reach")
     env = make_env_from_config(cfg)
@@ -252,7 +252,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
 
-    from smiling_ros.rosenv import child_env
+    from smiling_ros.ros.dds_env import child_env
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     env = child_env()
@@ -267,13 +267,13 @@ def main() -> int:
             return 2
         print(f"training a BRIDGER policy for the benchmark ({args.train_steps} steps) -> {ckpt}")
         train_policy(ckpt, args.train_steps)
-    from smiling_ros.policy import load_policy
+    from smiling_ros.learn.policy import load_policy
 
     pol = load_policy(ckpt, device="cpu")
     steps = args.steps or getattr(pol, "steps", None)
 
     if args.sched_priority:  # the monitor too (the simulator and the controller get it as well)
-        from smiling_ros.controller import set_sched_priority
+        from smiling_ros.control import set_sched_priority
 
         warning = set_sched_priority(args.sched_priority)
         if warning:

@@ -3,7 +3,7 @@
 Every input is a valid small recording (MCAP or sqlite3, with episode markers) mutated by a few
 byte-level edits (flips, overwrites, deletions, insertions, duplications, truncation), written to
 a bare .mcap/.db3 file (or, for the hypothesis engine, a bag directory whose metadata.yaml is the
-mutated part) and imported with :func:`smiling_ros.importer.import_bag`. An input may
+mutated part) and imported with :func:`smiling_ros.io.importer.import_bag`. An input may
 import (the damage missed everything that matters) or fail with :class:`UserError` (one line);
 anything else is a crash (a bug). Crashing inputs are saved under OUT/crashes/.
 
@@ -57,7 +57,7 @@ class Harness:
 
     def run_one(self, data: bytes, suffix: str) -> None:
         from smiling_ros.errors import UserError
-        from smiling_ros.importer import import_bag
+        from smiling_ros.io.importer import import_bag
 
         if suffix == "/metadata.yaml":
             path = self.work / "dirbag"
@@ -179,9 +179,9 @@ def run_atheris(out: Path, seconds: float) -> None:
         import rosbags.typesys  # noqa: F401
         import rosbags.typesys.stores.ros2_jazzy  # noqa: F401
 
-        import smiling_ros.adapters.bag  # noqa: F401
-        import smiling_ros.adapters.fields  # noqa: F401
-        import smiling_ros.importer  # noqa: F401
+        import smiling_ros.io.bag  # noqa: F401
+        import smiling_ros.io.fields  # noqa: F401
+        import smiling_ros.io.importer  # noqa: F401
     print(f"instrumented in {time.perf_counter() - t0:.1f} s", flush=True)
     h = Harness(out)
     corpus = h.work / "corpus"

@@ -50,7 +50,7 @@ def main() -> None:
     from badbags import write_config
 
     from smiling_ros.config import load_config
-    from smiling_ros.importer import import_bag
+    from smiling_ros.io.importer import import_bag
 
     out = Path(a.out)
     work = out / "work"

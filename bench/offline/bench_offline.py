@@ -56,7 +56,7 @@ def expert_and_env(task: str, expert_path: str | None):
         model = SAC.load(expert_path, device="cpu")
         act = lambda o: model.predict(o, deterministic=True)[0]  # noqa: E731
     else:
-        from smiling_ros.policy import load_policy
+        from smiling_ros.learn.policy import load_policy
 
         pol = load_policy(expert_path, device="cpu")
         act = pol.act
@@ -91,11 +91,11 @@ def main() -> None:
     from smiling_ros.config import load_config
     from smiling_ros.envs import scripted_expert
     from smiling_ros.envs.experts import passing_side
-    from smiling_ros.evaluation import RandomPolicy, normalized_return, run_episodes
-    from smiling_ros.offline.common import collect_dataset
-    from smiling_ros.offline.dbc import DBCConfig, train_dbc
-    from smiling_ros.offline.dydiff import DyDiffConfig, train_offline, train_world_model, windows
-    from smiling_ros.offline.world_model_env import WorldModelEnv
+    from smiling_ros.data.evaluation import RandomPolicy, normalized_return, run_episodes
+    from smiling_ros.learn.common import collect_dataset
+    from smiling_ros.methods.dbc.train import DBCConfig, train_dbc
+    from smiling_ros.methods.dydiff.train import DyDiffConfig, train_offline, train_world_model, windows
+    from smiling_ros.methods.dydiff.world_model_env import WorldModelEnv
 
     t_start = time.time()
     skip = set(a.skip.split(",")) - {""}
@@ -105,7 +105,7 @@ def main() -> None:
     n_demos = max(demo_counts)
     n_eval = a.eval_episodes or (20 if a.task == "arm" else 10)
     if a.dataset:
-        from smiling_ros.dataset import Dataset
+        from smiling_ros.data.dataset import Dataset
 
         demos = Dataset.load(a.dataset)
         if demos.meta.get("task") not in (None, task_id):
@@ -327,7 +327,7 @@ def _cpu_s() -> float:
 
 
 def _save(out: Path, task: str, res: dict) -> None:
-    from smiling_ros.checkpoint import atomic_write_text
+    from smiling_ros.learn.checkpoint import atomic_write_text
 
     atomic_write_text(out / f"{task}.json", json.dumps(res, indent=1))
 

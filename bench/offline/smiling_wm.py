@@ -63,8 +63,8 @@ def main() -> None:
     t0 = time.time()
 
     from smiling_ros.envs import ARM_REACH, make_env, scripted_expert
-    from smiling_ros.offline.common import collect_dataset
-    from smiling_ros.offline.dydiff import WorldModel
+    from smiling_ros.learn.common import collect_dataset
+    from smiling_ros.methods.dydiff.train import WorldModel
 
     demos, wm = work / "demos", work / "wm.safetensors"
     if not (demos / "data.safetensors").exists():
@@ -109,9 +109,9 @@ def main() -> None:
     from smiling_ros.config import load_config
     from smiling_ros.envs import arm_reach as ar
     from smiling_ros.envs.experts import passing_side
-    from smiling_ros.evaluation import evaluate, run_episodes
-    from smiling_ros.offline.world_model_env import make_world_model_env
-    from smiling_ros.policy import load_policy
+    from smiling_ros.data.evaluation import evaluate, run_episodes
+    from smiling_ros.methods.dydiff.world_model_env import make_world_model_env
+    from smiling_ros.learn.policy import load_policy
 
     conf = load_config(str(CONFIG))
     n, seed0 = args.eval_episodes, 5_000_000  # the same MuJoCo episodes for every policy

@@ -72,7 +72,7 @@ def publisher(rate: float, count: int, depth: int) -> None:
 def bag_sequence(path: Path) -> list[int]:
     from rosbags.highlevel import AnyReader
 
-    from smiling_ros.adapters.bag import typestore
+    from smiling_ros.io.bag import typestore
 
     seqs = []
     with AnyReader([path], default_typestore=typestore()) as reader:
@@ -125,7 +125,7 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(HERE.parent.parent))
-    from smiling_ros.rosenv import child_env, free_domain_id
+    from smiling_ros.ros.dds_env import child_env, free_domain_id
 
     env = child_env(int(os.environ.get("ROS_DOMAIN_ID") or free_domain_id()))
     results = []

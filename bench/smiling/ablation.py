@@ -58,7 +58,7 @@ ESTIMATORS = [
 
 def arm_states(policy, episodes, seed, noise=0.0):
     from smiling_ros.envs import make_env
-    from smiling_ros.evaluation import RandomPolicy, resolve_policy, run_episodes
+    from smiling_ros.data.evaluation import RandomPolicy, resolve_policy, run_episodes
 
     env = make_env(ARM)
     pol = RandomPolicy(env.action_space, seed) if policy == "random" else resolve_policy(policy, env, seed=seed)
@@ -79,9 +79,9 @@ def arm_states(policy, episodes, seed, noise=0.0):
 
 
 def part_a(args):
-    from smiling_ros.dataset import Normalizer
-    from smiling_ros.smiling.config import SmilingSection
-    from smiling_ros.smiling.score import DSCost, ScorePlayer, batch_iterator, pretrain_expert
+    from smiling_ros.data.dataset import Normalizer
+    from smiling_ros.methods.smiling.config import SmilingSection
+    from smiling_ros.methods.smiling.score import DSCost, ScorePlayer, batch_iterator, pretrain_expert
 
     torch.manual_seed(0)
     x_exp = arm_states("scripted", 10, seed=1)
@@ -162,15 +162,15 @@ RUN_CONFIGS = {
 
 def part_b(args):
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.smiling.trainer import run
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.methods.smiling.trainer import run
 
     cfg0 = load_config(REPO / "config/arm_reach.yaml")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     dpath = work / "demos"
     if not dpath.exists():
-        from smiling_ros.evaluation import resolve_policy, run_episodes
+        from smiling_ros.data.evaluation import resolve_policy, run_episodes
         from smiling_ros.envs import make_env
 
         env = make_env(ARM)

@@ -33,9 +33,9 @@ COLORS = {"smiling": "C0", "dac": "C1", "bc": "C2", "sac": "C7"}
 
 
 def make_demos(cfg, task: str, expert: str, episodes: int, out: Path):
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.evaluation import resolve_policy, run_episodes
-    from smiling_ros.smiling.trainer import default_env_fn
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.data.evaluation import resolve_policy, run_episodes
+    from smiling_ros.methods.smiling.trainer import default_env_fn
 
     if out.exists():
         return Dataset.load(out)
@@ -53,8 +53,8 @@ def make_demos(cfg, task: str, expert: str, episodes: int, out: Path):
 
 
 def run_one(method, cfg, ds, out: Path, steps: int, seed: int, bc_steps: int):
-    from smiling_ros.smiling.bc import train_bc
-    from smiling_ros.smiling.trainer import run
+    from smiling_ros.methods.bc import train_bc
+    from smiling_ros.methods.smiling.trainer import run
 
     summ = out / "summary.json"
     if summ.exists():
@@ -138,7 +138,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from smiling_ros.config import load_config
-    from smiling_ros.evaluation import expert_spec
+    from smiling_ros.data.evaluation import expert_spec
 
     cfg = load_config(REPO / TASKS[args.task])
     sm = dict(cfg.smiling)

@@ -1,7 +1,7 @@
 """Wall-clock per env step: SMILING beside plain SAC (and SMILING with the public code's cost
 estimator), interleaved in one process so they see the same machine load.
 
-Each variant is a real training run of smiling_ros.smiling.trainer.run. After the
+Each variant is a real training run of smiling_ros.methods.smiling.trainer.run. After the
 ``learning_starts`` random steps the runs advance in alternating chunks (resume), and each chunk's
 time per env step in the update phase (env step + SAC update + reward relabelling + learner
 rounds; setup, evaluation and checkpoint time excluded) is recorded. Reported: the median per
@@ -52,9 +52,9 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.evaluation import expert_spec, resolve_policy, run_episodes
-    from smiling_ros.smiling.trainer import default_env_fn, run
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.data.evaluation import expert_spec, resolve_policy, run_episodes
+    from smiling_ros.methods.smiling.trainer import default_env_fn, run
 
     cfg_path = REPO / ("config/arm_reach.yaml" if args.task == "arm" else "config/hopper.yaml")
     base = load_config(cfg_path)

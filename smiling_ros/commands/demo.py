@@ -73,8 +73,8 @@ def deploy(cfg, checkpoint: Path, episodes: int, time_scale: float, out_bag: Pat
     Returns the robot-side episode outcomes (from sim_node's episode markers)."""
     import tempfile
 
-    from smiling_ros.processes import Child
-    from smiling_ros.rosenv import child_env, free_domain_id
+    from smiling_ros.ros.dds_env import child_env, free_domain_id
+    from smiling_ros.ros.processes import Child
 
     domain = int(os.environ.get("ROS_DOMAIN_ID") or free_domain_id())
     env = child_env(domain)
@@ -144,7 +144,7 @@ def deploy(cfg, checkpoint: Path, episodes: int, time_scale: float, out_bag: Pat
 
 def run(args: argparse.Namespace) -> int:
     from smiling_ros.config import load_config
-    from smiling_ros.rosenv import ensure_local_dds, ros_available
+    from smiling_ros.ros.dds_env import ensure_local_dds, ros_available
 
     ensure_local_dds()
     cfg = load_config(args.config)
@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     if args.episodes:
         budget["episodes"] = args.episodes
     if args.expert:  # check the expert before anything is written or started
+        from smiling_ros.data.evaluation import resolve_policy
         from smiling_ros.envs import make_env_from_config
-        from smiling_ros.evaluation import resolve_policy
 
         env = make_env_from_config(cfg)
         try:
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     timings["total"] = time.monotonic() - t_start
     summary = {"task": cfg.task.env, "config": cfg.path, "budget": budget, "results": results,
                "closed_loop": closed_loop, "timings_s": timings}
-    from smiling_ros.checkpoint import atomic_write_text
+    from smiling_ros.learn.checkpoint import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
     png = plot(out, results, smiling_dir)
@@ -252,8 +252,8 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_all(cfg, policies: dict[str, Any], episodes: int, smiling_dir: Path) -> dict[str, dict]:
     import torch
 
+    from smiling_ros.data.evaluation import evaluate
     from smiling_ros.envs import make_env_from_config
-    from smiling_ros.evaluation import evaluate
 
     torch.set_num_threads(1)
     references = None
@@ -269,9 +269,9 @@ def evaluate_all(cfg, policies: dict[str, Any], episodes: int, smiling_dir: Path
             references = {"random": r["mean_return"]}
     if references is not None and "expert" not in references:
         references["expert"] = out["expert"]["mean_return"]
-    from smiling_ros.evaluation import normalized_return
+    from smiling_ros.data.evaluation import normalized_return
 
-    for name, r in out.items():
+    for r in out.values():
         if r["normalized_return"] is None:
             r["normalized_return"] = normalized_return(r["mean_return"], references)
     return out

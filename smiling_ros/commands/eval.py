@@ -19,12 +19,12 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from smiling_ros.checkpoint import load_checkpoint
     from smiling_ros.config import config_from_dict, load_config
+    from smiling_ros.data.evaluation import evaluate, expert_spec, load_references, reference_returns
     from smiling_ros.errors import UserError
-    from smiling_ros.evaluation import evaluate, expert_spec, load_references, reference_returns
-    from smiling_ros.smiling.config import expert_section
-    from smiling_ros.smiling.trainer import default_env_fn
+    from smiling_ros.learn.checkpoint import load_checkpoint
+    from smiling_ros.methods.smiling.config import expert_section
+    from smiling_ros.methods.smiling.trainer import default_env_fn
 
     if args.episodes < 1:
         raise UserError(f"--episodes: must be >= 1, got {args.episodes}")
@@ -41,7 +41,7 @@ def run(args) -> int:
         raise UserError("--config is required (the checkpoint carries no task config)")
     task = cfg.task.env
     if ckpt is not None:
-        from smiling_ros.policy import POLICY_LOADERS
+        from smiling_ros.learn.policy import POLICY_LOADERS
 
         ckpt.require(tuple(POLICY_LOADERS), task=task)
     env_fn = default_env_fn(cfg)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     rate = _number(args.rate, "--rate")
     gap = _number(args.gap, "--gap")
     from smiling_ros.config import load_config
-    from smiling_ros.importer import import_bag
+    from smiling_ros.io.importer import import_bag
 
     cfg = load_config(args.config)
     ds = import_bag(

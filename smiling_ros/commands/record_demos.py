@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smiling_ros.errors import UserError
-from smiling_ros.processes import Child
+from smiling_ros.ros.processes import Child
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
     """Read a bag back: message counts per topic and the episode markers (UserError if unreadable)."""
     from rosbags.highlevel import AnyReader
 
-    from smiling_ros.adapters.bag import typestore
+    from smiling_ros.io.bag import typestore
 
     try:
         with AnyReader([Path(path)], default_typestore=typestore()) as reader:
@@ -82,7 +82,7 @@ def _discard_or_keep(out: Path, marker_topic: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from smiling_ros.config import load_config
-    from smiling_ros.rosenv import child_env, free_domain_id, ros_available
+    from smiling_ros.ros.dds_env import child_env, free_domain_id, ros_available
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")

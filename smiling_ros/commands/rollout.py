@@ -26,10 +26,10 @@ def run(args) -> int:
     import numpy as np
 
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.data.evaluation import expert_spec, resolve_policy, run_episodes
     from smiling_ros.errors import UserError
-    from smiling_ros.evaluation import expert_spec, resolve_policy, run_episodes
-    from smiling_ros.smiling.trainer import default_env_fn
+    from smiling_ros.methods.smiling.trainer import default_env_fn
 
     cfg = load_config(args.config)
     if args.episodes < 1:

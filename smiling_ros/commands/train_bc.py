@@ -20,8 +20,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.smiling.bc import train_bc
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.methods.bc import train_bc
 
     cfg = load_config(args.config)
     ds = Dataset.load(args.dataset)

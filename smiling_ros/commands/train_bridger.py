@@ -34,12 +34,18 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from smiling_ros.bridger.train import action_bounds, evaluate_steps, load_section, make_source, train_bridger
-    from smiling_ros.checkpoint import atomic_write_text
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.device import select_device
+    from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
+    from smiling_ros.learn.checkpoint import atomic_write_text
+    from smiling_ros.learn.device import select_device
+    from smiling_ros.methods.bridger.train import (
+        action_bounds,
+        evaluate_steps,
+        load_section,
+        make_source,
+        train_bridger,
+    )
 
     cfg = load_config(args.config)
     sec = load_section(cfg)

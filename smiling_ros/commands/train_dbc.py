@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
+    from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
-    from smiling_ros.offline.common import action_bounds, check_dataset_dims
-    from smiling_ros.offline.dbc import DBCConfig, JointDiffusion, train_dbc
+    from smiling_ros.learn.common import action_bounds, check_dataset_dims
+    from smiling_ros.methods.dbc.train import DBCConfig, JointDiffusion, train_dbc
 
     cfg = load_config(args.config)
     dcfg = cfg.section(DBCConfig, "dbc")

@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.offline.common import action_bounds, check_dataset_dims
-    from smiling_ros.offline.dydiff import DyDiffConfig, train_offline, train_world_model
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.learn.common import action_bounds, check_dataset_dims
+    from smiling_ros.methods.dydiff.train import DyDiffConfig, train_offline, train_world_model
 
     cfg = load_config(args.config)
     dcfg = cfg.section(DyDiffConfig, "dydiff")

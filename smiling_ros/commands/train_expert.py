@@ -24,11 +24,11 @@ def run(args) -> int:
     import torch
 
     from smiling_ros.config import load_config
-    from smiling_ros.evaluation import evaluate
-    from smiling_ros.policy import load_policy
-    from smiling_ros.smiling.config import expert_section
-    from smiling_ros.smiling.trainer import default_env_fn
-    from smiling_ros.smiling.trainer import run as run_loop
+    from smiling_ros.data.evaluation import evaluate
+    from smiling_ros.learn.policy import load_policy
+    from smiling_ros.methods.smiling.config import expert_section
+    from smiling_ros.methods.smiling.trainer import default_env_fn
+    from smiling_ros.methods.smiling.trainer import run as run_loop
 
     if torch.get_num_threads() > 4:
         torch.set_num_threads(4)

@@ -37,12 +37,12 @@ def _n_envs(text: str) -> int:
 def env_fns(cfg, world_model):
     """(env_fn, eval_env_fn): the world model for training when given; evaluation on the simulator
     when the config has one."""
-    from smiling_ros.smiling.trainer import default_env_fn
+    from smiling_ros.methods.smiling.trainer import default_env_fn
 
     if not world_model:
         return None, None
     try:
-        from smiling_ros.offline.world_model_env import make_world_model_env
+        from smiling_ros.methods.dydiff.world_model_env import make_world_model_env
     except ModuleNotFoundError as exc:
         from smiling_ros.errors import UserError
 
@@ -56,8 +56,8 @@ def run_method(args, method: str) -> int:
     import torch
 
     from smiling_ros.config import load_config
-    from smiling_ros.dataset import Dataset
-    from smiling_ros.smiling.trainer import run as run_loop
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.methods.smiling.trainer import run as run_loop
 
     if torch.get_num_threads() > 4:
         torch.set_num_threads(4)

@@ -15,7 +15,6 @@ from typing import Any, Optional
 import gymnasium
 import numpy as np
 
-from smiling_ros.errors import UserError
 from smiling_ros.envs.arm_reach import (  # noqa: F401 - re-exported
     ACT_DIM,
     HORIZON,
@@ -27,6 +26,7 @@ from smiling_ros.envs.arm_reach import (  # noqa: F401 - re-exported
     ArmReachEnv,
 )
 from smiling_ros.envs.experts import ScriptedExpert, StraightLineController, passing_side
+from smiling_ros.errors import UserError
 
 ARM_REACH = "smiling_ros/ArmReach-v0"
 

@@ -16,7 +16,7 @@ the transitions itself):
 - deactivate / shutdown / SIGINT / SIGTERM: stop the timer, publish the stop command
   (``stop_action``), then nothing.
 
-Safety (smiling_ros.controller has the rules): a watchdog stops commanding (or holds, by
+Safety (smiling_ros.control has the rules): a watchdog stops commanding (or holds, by
 ``on_stale``) when the observation is older than ``watchdog_periods`` periods; NaN/inf or
 wrong-size observations and non-finite policy outputs cost that tick's command (throttled
 warning); every published action is finite and within limits.
@@ -33,7 +33,7 @@ Interfaces (names relative to the node, ``~``):
     /diagnostics              diagnostic_msgs/DiagnosticArray every diagnostics_period_s: latency
                               p50/p99, ticks, missed deadlines, watchdog, e-stop, policy path.
 
-Parameters left unset take the config's ``controller`` section (smiling_ros.controller
+Parameters left unset take the config's ``controller`` section (smiling_ros.control
 .ControllerSection) and its ``topics``. Observation topics follow ROS remapping
 (``-r /observation:=/robot/obs``).
 """
@@ -57,9 +57,9 @@ from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from smiling_ros.controller import (
-    ControlLoop,
+from smiling_ros.control import (
     ControllerSettings,
+    ControlLoop,
     PolicyLoader,
     load_controller_policy,
     make_assembler,
@@ -98,7 +98,7 @@ PARAMETERS: ParamSpec = {
 
 
 class ControllerNode(LifecycleNode):
-    """Lifecycle node around :class:`smiling_ros.controller.ControlLoop` (see module doc)."""
+    """Lifecycle node around :class:`smiling_ros.control.ControlLoop` (see module doc)."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
@@ -168,7 +168,7 @@ class ControllerNode(LifecycleNode):
                 self.get_logger().warning(warning)
             else:
                 self.get_logger().info(f"control loop under SCHED_FIFO priority {s.sched_priority}")
-        from smiling_ros.adapters.fields import declared_size
+        from smiling_ros.io.fields import declared_size
 
         sizes = [declared_size(f) for f in cfg.observation]
         obs_dim = None if any(v is None for v in sizes) else int(sum(sizes))  # type: ignore[arg-type]
@@ -410,10 +410,10 @@ def make_executor(kind: str, context: Any = None) -> tuple[Any, str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``controller_node``; returns the exit status (2: bad parameters)."""
-    from smiling_ros.runtime import limit_threads
+    from smiling_ros.learn.runtime import limit_threads
 
     limit_threads()
-    from smiling_ros.rosenv import ensure_local_dds
+    from smiling_ros.ros.dds_env import ensure_local_dds
 
     ensure_local_dds()
     # Hand Python's GIL to a waiting thread after 0.1 ms instead of 5 ms, so the control tick

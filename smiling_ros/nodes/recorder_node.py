@@ -182,7 +182,7 @@ class RecorderNode(Node):
         self.exit_code = 0
         self._stop_at: Optional[float] = None
         self.writer = None
-        from smiling_ros.adapters.bag import BagWriter
+        from smiling_ros.io.bag import BagWriter
 
         self.writer = BagWriter(self.output, storage=self.storage)  # last: nothing can fail after this
         self.stamper = SimTimeStamper(self.writer) if self.use_sim_time else None
@@ -329,7 +329,7 @@ class RecorderNode(Node):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``recorder_node`` (also ``ros2 run smiling_ros recorder_node``)."""
-    from smiling_ros.runtime import limit_threads
+    from smiling_ros.learn.runtime import limit_threads
 
     limit_threads()
     return run_node(NODE_NAME, RecorderNode, argv)

@@ -192,7 +192,7 @@ class SimNode(Node):
                 raise UserError(f"parameter 'expert': task '{self.env.spec.id}' has no scripted expert "
                                 "(give a policy checkpoint path instead)")
             return expert
-        from smiling_ros.policy import load_policy
+        from smiling_ros.learn.policy import load_policy
 
         obs_dim = int(np.prod(self.env.observation_space.shape))
         return load_policy(name, device="cpu", obs_dim=obs_dim, act_dim=self.act_dim)
@@ -354,7 +354,7 @@ class SimNode(Node):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``sim_node`` (also ``ros2 run smiling_ros sim_node``)."""
-    from smiling_ros.runtime import limit_threads
+    from smiling_ros.learn.runtime import limit_threads
 
     limit_threads()
     return run_node(NODE_NAME, SimNode, argv)

@@ -5,7 +5,7 @@
     trainer_node --ros-args ... -p resume:=true        # continue out_dir after a crash or a stop
     trainer_node --ros-args ... -p n_envs:=4           # mujoco backend: 4 simulator copies
 
-The same trainer as ``smiling-ros train-smiling`` (:func:`smiling_ros.smiling.trainer.train`),
+The same trainer as ``smiling-ros train-smiling`` (:func:`smiling_ros.methods.smiling.trainer.train`),
 run on a worker thread, so the run directory, logs (train.csv, eval.csv, learning_curve.png)
 and checkpoints are the same. Backends:
 
@@ -57,9 +57,9 @@ from smiling_ros.ros.qos import EVENTS
 NODE_NAME = "trainer_node"
 BACKENDS = ("mujoco", "ros")
 METHODS = {  # method -> (module, function)
-    "smiling": ("smiling_ros.smiling.trainer", "train"),
-    "dac": ("smiling_ros.smiling.dac", "train_dac"),
-    "bc": ("smiling_ros.smiling.bc", "train_bc"),
+    "smiling": ("smiling_ros.methods.smiling.trainer", "train"),
+    "dac": ("smiling_ros.methods.smiling.dac", "train_dac"),
+    "bc": ("smiling_ros.methods.bc", "train_bc"),
 }
 DEFAULT_LOG_EVERY = 100  # env steps between progress events unless the config asks for fewer
 
@@ -157,7 +157,7 @@ def read_settings(node: Node) -> TrainerSettings:
     if log_every is not None and log_every < 1:
         raise UserError(f"parameter 'log_every': must be >= 1, got {log_every}")
     if method != "bc":
-        from smiling_ros.smiling.config import smiling_section
+        from smiling_ros.methods.smiling.config import smiling_section
 
         have = smiling_section(cfg).log_every
         smiling = {**cfg.smiling, "log_every": log_every or min(have, DEFAULT_LOG_EVERY)}
@@ -186,13 +186,12 @@ class TrainerNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         declare_params(self, PARAMETERS)
         s = self.settings = read_settings(self)
+        import torch
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
 
-        from smiling_ros.dataset import Dataset
-        from smiling_ros.device import select_device
-
-        import torch
+        from smiling_ros.data.dataset import Dataset
+        from smiling_ros.learn.device import select_device
 
         if torch.get_num_threads() > 4:  # small nets: more threads only contend with the env and DDS
             torch.set_num_threads(4)
@@ -237,7 +236,7 @@ class TrainerNode(Node):
 
     def _resume_step(self) -> Optional[int]:
         """Step of the checkpoint a resumed run continues from (None when unknown)."""
-        from smiling_ros.checkpoint import load_checkpoint
+        from smiling_ros.learn.checkpoint import load_checkpoint
 
         state = self.settings.out_dir / "state.safetensors"
         if not state.exists():
@@ -252,7 +251,7 @@ class TrainerNode(Node):
         s = self.settings
         if s.method == "bc":
             return ""
-        from smiling_ros.smiling.config import smiling_section
+        from smiling_ros.methods.smiling.config import smiling_section
 
         n = s.n_envs if s.n_envs is not None else smiling_section(s.cfg).n_envs
         return f", {n} envs" if n > 1 else ""
@@ -270,7 +269,7 @@ class TrainerNode(Node):
 
         cfg = s.cfg
         if cfg.task.env:  # evaluate on the task in-process, never on the robot mid-training
-            from smiling_ros.smiling.trainer import default_env_fn
+            from smiling_ros.methods.smiling.trainer import default_env_fn
 
             return env_fn, default_env_fn(cfg), cfg
         if s.method != "bc":  # a real robot without a simulator: no periodic evaluation
@@ -387,7 +386,7 @@ class TrainerNode(Node):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Console script ``trainer_node`` (also ``ros2 run smiling_ros trainer_node``)."""
-    from smiling_ros.runtime import limit_threads
+    from smiling_ros.learn.runtime import limit_threads
 
     limit_threads()
     holder: dict[str, TrainerNode] = {}

@@ -9,7 +9,7 @@
 What goes over the wire (names from the config):
 
 - observation: the fields of ``cfg.observation`` (any message types), subscribed with SENSOR
-  QoS and assembled into one float64 vector by :class:`smiling_ros.adapters.fields.VectorAssembler`
+  QoS and assembled into one float64 vector by :class:`smiling_ros.io.fields.VectorAssembler`
   (the same mapping ``import-bag`` uses, so the policy sees what it was trained on).
 - action: ``std_msgs/Float64MultiArray`` on ``cfg.topics.command`` with COMMAND QoS (reliable,
   keep last 1), clipped to the action space; NaN/inf actions are refused.
@@ -108,7 +108,7 @@ class RosRobotEnv(gymnasium.Env):
         self.command_topic = cfg.topics.command
         self.episode_topic = cfg.topics.episode
 
-        from smiling_ros.adapters.fields import VectorAssembler
+        from smiling_ros.io.fields import VectorAssembler
 
         self._assembler = VectorAssembler(cfg.observation)
         self._topics = list(dict.fromkeys(s.topic for s in cfg.observation))
@@ -150,8 +150,8 @@ class RosRobotEnv(gymnasium.Env):
         from std_srvs.srv import Trigger
 
         from smiling_ros.ros import msgs
+        from smiling_ros.ros.dds_env import ensure_local_dds
         from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
-        from smiling_ros.rosenv import ensure_local_dds
 
         ensure_local_dds()
         self._ctx = rclpy.Context()
@@ -326,7 +326,7 @@ class RosRobotEnv(gymnasium.Env):
                 self._episode = int(ep) if isinstance(ep, int) else None
                 self._accept_end = True
                 wait = min(1.0, max(0.0, deadline - time.monotonic()))
-                if self._wait(lambda: self._fresh(since) and self._assembler.ready(), wait):
+                if self._wait(lambda since=since: self._fresh(since) and self._assembler.ready(), wait):
                     obs = self._assembler.vector()
                     break
             if time.monotonic() >= deadline:

@@ -68,7 +68,7 @@ def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = 
     Returns the exit status: 0, or 2 with one line on stderr for a :class:`UserError` (bad
     parameter, config or topic), never a traceback for bad input.
     """
-    from smiling_ros.rosenv import ensure_local_dds
+    from smiling_ros.ros.dds_env import ensure_local_dds
 
     ensure_local_dds()
     args = sys.argv if argv is None else argv

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import yaml
 
-from smiling_ros.adapters.bag import BagWriter, typestore
+from smiling_ros.io.bag import BagWriter, typestore
 
 TS = typestore()
 T = TS.types

@@ -1,0 +1,1 @@
+"""Datasets, episodes and evaluation rollouts (no ROS)."""

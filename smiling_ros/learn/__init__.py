@@ -1,0 +1,1 @@
+"""Training infrastructure every method shares: diffusion, nets, checkpoints, policies, devices."""

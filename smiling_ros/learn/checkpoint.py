@@ -1,0 +1,288 @@
+"""Checkpoints: safetensors weights with their metadata, never pickle.
+
+A checkpoint is ``NAME.safetensors`` holding the tensors and, in the safetensors header, a JSON
+document (kind, task, dims, config, normaliser statistics, versions, step). The same JSON is
+written beside it as ``NAME.json`` for people and tools. Loading parses only the safetensors
+header and raw tensor bytes: nothing in the file is ever executed.
+
+The header also holds an integrity record (``smiling_ros.integrity``): every tensor's name, dtype
+and shape and a SHA-256 of all tensor bytes. Loading refuses a file whose tensors differ from it
+(a tensor added, removed, reshaped or its bytes changed), so a corrupted or edited file is an
+error instead of a policy that silently behaves differently. Files written before the record
+existed load without the check. The sidecar ``.json`` is for reading only: loading never uses it.
+
+Writes are atomic: a temporary file in the same directory, fsync, then ``os.replace``. A crash
+mid-write leaves the previous checkpoint intact (the sidecar may then describe the previous or
+the new file; the embedded metadata is the one that counts).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from smiling_ros.errors import UserError
+
+FORMAT = "smiling_ros.learn.checkpoint/1"
+_META_KEY = "smiling_ros"
+_INTEGRITY_KEY = "smiling_ros.integrity"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+
+    import smiling_ros
+
+    return {
+        "smiling_ros": smiling_ros.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "")
+
+    def sub(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors under ``prefix.`` with the prefix removed (a module's state_dict)."""
+        p = prefix + "."
+        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    def require(self, kind: str | tuple[str, ...], obs_dim: Optional[int] = None, act_dim: Optional[int] = None,
+                task: Optional[str] = None) -> "Checkpoint":
+        """Refuse a checkpoint of another kind, dimension or task, naming the file."""
+        kinds = (kind,) if isinstance(kind, str) else kind
+        name = self.path or "checkpoint"
+        if self.kind not in kinds:
+            raise UserError(f"{name}: is a '{self.kind}' checkpoint, expected {' or '.join(kinds)}")
+        for key, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
+            have = self.meta.get(key)
+            if have is not None and (isinstance(have, bool) or not isinstance(have, int)):
+                raise UserError(f"{name}: corrupt checkpoint metadata ({key} is {have!r}, not an integer)")
+            if want is not None and have is not None and have != int(want):
+                raise UserError(f"{name}: {key} is {have} but this robot/task has {want} (checkpoint of another task?)")
+        if task and self.meta.get("task") and self.meta["task"] != task:
+            raise UserError(f"{name}: trained for task '{self.meta['task']}', not '{task}'")
+        return self
+
+
+def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "versions": versions(), **meta}
+    doc = json.dumps(meta, default=_json_default)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    integrity = json.dumps(_integrity(flat))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata={_META_KEY: doc, _INTEGRITY_KEY: integrity})
+        os.chmod(tmp, public_mode())
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, default=_json_default))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint without executing anything from it; clear one-line errors otherwise.
+
+    ``path`` is the ``.safetensors`` file, the same path without suffix or with the sidecar's
+    ``.json`` suffix, or a run directory (its ``policy.safetensors``, else its only checkpoint).
+    Refused, each with one line naming the file: pickle / ``torch.save`` files (never unpickled),
+    anything that is not a complete safetensors file, missing or corrupt smiling_ros metadata,
+    tensors that differ from the integrity record, and NaN/inf weights.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = _resolve(Path(path))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
+    # A safetensors file starts with an 8-byte header length, then its JSON header ('{'); the length's
+    # first byte may be 0x80 like a pickle's, so only files without that header are suspected.
+    looks_safetensors = len(head) >= 9 and head[8:9] == b"{"
+    if not looks_safetensors:
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise UserError(f"{path}: looks like a pickle/torch.save file; refusing to load it "
+                            "(only safetensors checkpoints are accepted; nothing in it was run)")
+        if not head:
+            raise UserError(f"{path}: empty file, not a checkpoint")
+        raise UserError(f"{path}: not a safetensors checkpoint (no safetensors header)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({_first_line(exc)})") from None
+    if _META_KEY not in header:
+        raise UserError(f"{path}: safetensors file without smiling_ros metadata (not a smiling_ros checkpoint)")
+    try:
+        meta = json.loads(header[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: corrupt checkpoint metadata (JSON: {exc.msg} at character {exc.pos})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UserError(f"{path}: unsupported checkpoint format {found!r} (expected {FORMAT})")
+    if not isinstance(meta.get("kind", ""), str):
+        raise UserError(f"{path}: corrupt checkpoint metadata ('kind' is not a string)")
+    if _INTEGRITY_KEY in header:
+        _verify(path, tensors, header[_INTEGRITY_KEY])
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise UserError(f"{path}: tensor '{k}' contains NaN or inf")
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return Checkpoint(tensors, meta, path)
+
+
+def _resolve(path: Path) -> Path:
+    """The checkpoint file a user means by ``path`` (see :func:`load_checkpoint`)."""
+    if path.is_dir():
+        best = path / "policy.safetensors"
+        if best.is_file():
+            return best
+        cands = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+        if len(cands) == 1:
+            return cands[0]
+        if not cands:
+            raise UserError(f"{path}: directory holds no .safetensors checkpoint")
+        raise UserError(f"{path}: directory holds several checkpoints ({', '.join(p.name for p in cands[:5])}); "
+                        "name one")
+    if not path.exists():
+        for alt in (path.with_name(path.name + ".safetensors"),
+                    path.with_suffix(".safetensors") if path.suffix == ".json" else None):
+            if alt is not None and alt.is_file():
+                return alt
+        raise UserError(f"{path}: checkpoint not found")
+    if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():
+        return path.with_suffix(".safetensors")  # the sidecar names its checkpoint; its content is not used
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a CPU tensor in row-major order (any dtype)."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _integrity(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Names, dtypes, shapes and a SHA-256 over (name, dtype, shape, bytes) of every tensor."""
+    h = hashlib.sha256()
+    manifest = {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        dtype, shape = str(t.dtype).replace("torch.", ""), list(t.shape)
+        manifest[name] = [dtype, shape]
+        h.update(json.dumps([name, dtype, shape]).encode())
+        h.update(_tensor_bytes(t))
+    return {"tensors": manifest, "sha256": h.hexdigest()}
+
+
+def _verify(path: Path, tensors: dict[str, torch.Tensor], record: str) -> None:
+    try:
+        want = json.loads(record)
+        manifest, digest = dict(want["tensors"]), str(want["sha256"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: corrupt checkpoint integrity record") from None
+    extra = sorted(set(tensors) - set(manifest))
+    missing = sorted(set(manifest) - set(tensors))
+    if extra:
+        raise UserError(f"{path}: unexpected tensor '{extra[0]}' (not written with this checkpoint; file modified?)")
+    if missing:
+        raise UserError(f"{path}: tensor '{missing[0]}' is missing (file modified?)")
+    have = _integrity(tensors)
+    for name, spec in have["tensors"].items():
+        if list(manifest[name]) != spec:
+            raise UserError(f"{path}: tensor '{name}' is {spec[0]}{spec[1]} but was written as "
+                            f"{manifest[name][0]}{manifest[name][1]} (file modified?)")
+    if have["sha256"] != digest:
+        raise UserError(f"{path}: tensor data does not match its checksum (corrupted or modified file)")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def public_mode(directory: bool = False) -> int:
+    """Permissions of a normal new file (or directory) under the process umask; temporary files
+    from ``tempfile`` are private (0600/0700), which would hide outputs from other users (e.g. a
+    node running as another user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, public_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file (logs summaries, JSON results) atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(p, text)

@@ -1,0 +1,1 @@
+"""DBC: diffusion-model-augmented behavioural cloning."""

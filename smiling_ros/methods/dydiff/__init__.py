@@ -1,0 +1,1 @@
+"""DyDiff: a diffusion world model for offline RL and for SMILING without a simulator."""
