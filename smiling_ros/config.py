@@ -225,6 +225,42 @@ class RecordSection:
             raise UserError(f"{where}.storage: 'mcap' or 'sqlite3', got '{self.storage}'")
 
 
+COMMAND_INTERFACES = ("forward", "joint_trajectory", "servo_twist")
+ACTION_MEANINGS = ("", "position", "velocity", "effort", "twist")
+
+
+@dataclass
+class CommandSection:
+    """How actions reach the robot (the ros2_control controller or MoveIt Servo).
+
+    interface: ``forward`` (std_msgs/Float64MultiArray to a forward_command_controller),
+    ``joint_trajectory`` (trajectory_msgs/JointTrajectory to a joint_trajectory_controller) or
+    ``servo_twist`` (geometry_msgs/TwistStamped to MoveIt Servo).
+    topic: the command topic; empty = ``topics.command``.
+    joints: the controller's joints, in the controller's order (the action's element order).
+    meaning: what an action element is (``position`` [rad or m], ``velocity`` [rad/s or m/s],
+    ``effort`` [N m or N], ``twist``); empty = not declared. Recorded in datasets and checkpoints.
+    frame_id: the frame of a Servo twist.
+    """
+
+    interface: str = "forward"
+    topic: str = ""
+    joints: list[str] = field(default_factory=list)
+    meaning: str = ""
+    frame_id: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.interface not in COMMAND_INTERFACES:
+            raise UserError(f"{where}.interface: one of {', '.join(COMMAND_INTERFACES)}, got '{self.interface}'")
+        if self.topic and not self.topic.startswith("/"):
+            raise UserError(f"{where}.topic: topic names must be absolute ('/...'), got '{self.topic}'")
+        if self.meaning not in ACTION_MEANINGS:
+            raise UserError(f"{where}.meaning: one of {', '.join(m for m in ACTION_MEANINGS if m)}, "
+                            f"got '{self.meaning}'")
+        if len(set(self.joints)) != len(self.joints):
+            raise UserError(f"{where}.joints: a joint is listed twice")
+
+
 METHOD_SECTIONS = ("smiling", "bridger", "dbc", "dydiff", "expert", "controller")
 
 
@@ -240,6 +276,7 @@ class Config:
     import_: ImportSection = field(default_factory=ImportSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     record: RecordSection = field(default_factory=RecordSection)
+    command: CommandSection = field(default_factory=CommandSection)
     # Method sections, parsed by their owners with build(...).
     smiling: dict[str, Any] = field(default_factory=dict)
     bridger: dict[str, Any] = field(default_factory=dict)
@@ -255,6 +292,11 @@ class Config:
         positive(self.seed, where, "seed", allow_zero=True)
         if not self.observation:
             raise UserError(f"{_here(where)}: 'observation' must list at least one field")
+
+    @property
+    def command_topic(self) -> str:
+        """The topic commands are published on: ``command.topic``, else ``topics.command``."""
+        return self.command.topic or self.topics.command
 
     def section(self, cls: type[T], name: str) -> T:
         """Parse method section ``name`` into dataclass ``cls`` (strict, errors name the file)."""

@@ -132,7 +132,7 @@ def resolve_settings(config: str, checkpoint: str, params: dict[str, Any]) -> Co
     cfg = load_config(config)
     section = cfg.section(ControllerSection, "controller")
     merged = dataclasses.asdict(section)
-    topics = {"command_topic": cfg.topics.command, "policy_topic": cfg.topics.policy,
+    topics = {"command_topic": cfg.command_topic, "policy_topic": cfg.topics.policy,
               "episode_topic": cfg.topics.episode}
     for key, value in params.items():
         if key in merged:

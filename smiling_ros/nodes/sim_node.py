@@ -137,7 +137,7 @@ class SimNode(Node):
         self.topic_names = {
             "joint_states": p("joint_states_topic", topics.joint_states),
             "observation": p("observation_topic", topics.observation),
-            "command": p("command_topic", topics.command),
+            "command": p("command_topic", cfg.command_topic),
             "episode": p("episode_topic", topics.episode),
         }
         from rosgraph_msgs.msg import Clock

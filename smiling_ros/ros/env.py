@@ -105,7 +105,7 @@ class RosRobotEnv(gymnasium.Env):
         self.period_s = 1.0 / float(cfg.rate_hz)
         mes = cfg.task.max_episode_steps if max_episode_steps is None else max_episode_steps
         self.max_episode_steps = int(mes) if mes else None
-        self.command_topic = cfg.topics.command
+        self.command_topic = cfg.command_topic
         self.episode_topic = cfg.topics.episode
 
         from smiling_ros.io.fields import VectorAssembler
