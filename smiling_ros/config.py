@@ -131,6 +131,9 @@ def positive(value: float, where: str, name: str, allow_zero: bool = False) -> N
 
 
 # --------------------------------------------------------------------------- foundation sections
+STAMP_SOURCES = ("header", "receive")
+
+
 @dataclass
 class FieldSpec:
     """One piece of the observation or action vector, taken from one topic.
@@ -142,6 +145,11 @@ class FieldSpec:
     joints: for JointState, the joint names to take, in this order (default: all, message order).
     indices: optional subset of elements. size: expected element count (checked).
     orientation: for quaternion fields, ``quat`` (w, x, y, z) or ``euler`` (roll, pitch, yaw).
+    stamp: the time a sample counts from: ``header`` (the message's ``header.stamp`` where it has
+    one and it is set, else the receive time) or ``receive`` (always the receive time; for a
+    driver whose clock is not synchronised with this machine's).
+    max_age_s: the oldest a sample of this field may be when it is used [s]; None = a few periods
+    of the topic's rate in the training data (see :class:`smiling_ros.io.fields.VectorAssembler`).
     """
 
     topic: str
@@ -151,12 +159,18 @@ class FieldSpec:
     indices: Optional[list[int]] = None
     size: Optional[int] = None
     orientation: str = "quat"
+    stamp: str = "header"
+    max_age_s: Optional[float] = None
 
     def validate(self, where: str) -> None:
         if not self.topic.startswith("/"):
             raise UserError(f"{where}.topic: topic names must be absolute ('/...'), got '{self.topic}'")
         if self.orientation not in ("quat", "euler"):
             raise UserError(f"{where}.orientation: 'quat' or 'euler', got '{self.orientation}'")
+        if self.stamp not in STAMP_SOURCES:
+            raise UserError(f"{where}.stamp: 'header' or 'receive', got '{self.stamp}'")
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise UserError(f"{where}.max_age_s: must be > 0 s, got {self.max_age_s}")
 
 
 @dataclass

@@ -209,3 +209,101 @@ def test_element_names():
     ]
     assert element_names(spec(topic="/p", field="pose.position", indices=[2]), 1) == ["/p:pose.position[z]"]
     assert element_names(spec(topic="/js", field="position"), 3) == [f"/js:position[{i}]" for i in range(3)]
+
+
+# --------------------------------------------------------------------------- stamps and freshness
+MS = 1_000_000
+EPOCH = 1_700_000_000 * 1_000_000_000  # a ROS time (ns since the epoch) for header stamps
+
+
+def js_at(stamp_ns, names=JOINTS, pos=(1.0, 2.0, 3.0)):
+    return joint_state(stamp_ns, names, list(pos), [0.0] * len(pos))
+
+
+def test_header_stamp_sets_the_age_and_receive_switch_ignores_it():
+    specs = [spec(topic="/js", field="position", joints=["elbow"], type=JS),
+             spec(topic="/js", field="velocity", joints=["elbow"], type=JS, stamp="receive")]
+    asm = VectorAssembler(specs, period_s=0.01, stale_periods=2)
+    # Received at local time 1000 ms; the header says the sample is 4 ms older than the ROS receive time.
+    assert asm.update("/js", js_at(EPOCH - 4 * MS), 1000 * MS, ros_ns=EPOCH) == [0, 1]
+    assert asm.stamp_ns(0) == EPOCH - 4 * MS and asm.stamp_ns(1) == EPOCH
+    assert asm.age_ns(0, 1000 * MS) == 4 * MS and asm.age_ns(1, 1000 * MS) == 0
+    assert asm.max_age_ns(0) == 20 * MS
+    assert asm.faults(1016 * MS) == []
+    late = asm.faults(1017 * MS)  # field 0: 21 ms old > 20; field 1: 17 ms
+    assert [(f.kind, f.field, f.name) for f in late] == [("stale", 0, "/js:position")]
+    assert late[0].stamp_ns == EPOCH - 4 * MS and "max_age 20.0 ms" in str(late[0])
+
+
+def test_max_age_from_topic_rates_spec_or_period():
+    specs = [spec(topic="/js", field="position", type=JS), spec(topic="/target", type=FA),
+             spec(topic="/o", type=FA, max_age_s=0.5), spec(topic="/u", type=FA)]
+    asm = VectorAssembler(specs, rates_hz={"/js": 500.0, "/target": 10.0, "/o": 10.0}, period_s=0.01,
+                          stale_periods=2)
+    # 500 Hz is faster than the 100 Hz consumer: two consumer periods; 10 Hz: two of its own periods.
+    assert [asm.max_age_ns(i) for i in range(4)] == [20 * MS, 200 * MS, 500 * MS, 20 * MS]
+    assert VectorAssembler([spec(topic="/u")]).max_age_ns(0) is None  # nothing known: no limit
+
+
+def test_a_stamp_that_does_not_advance_is_not_new_so_a_frozen_driver_goes_stale():
+    asm = VectorAssembler([spec(topic="/js", field="position", joints=["wrist"], type=JS)], period_s=0.01,
+                          stale_periods=2)
+    assert asm.update("/js", js_at(EPOCH, pos=(0, 0, 1.0)), 0, ros_ns=EPOCH) == [0]
+    for k in range(1, 10):  # the driver republishes the same sample (same stamp, even other values)
+        assert asm.update("/js", js_at(EPOCH, pos=(0, 0, 2.0)), k * 10 * MS, ros_ns=EPOCH + k * 10 * MS) == []
+    assert asm.value(0).tolist() == [1.0]
+    (fault,) = asm.faults(90 * MS)
+    assert fault.kind == "frozen" and fault.name == "/js:position" and "9 later sample(s)" in fault.detail
+    assert asm.update("/js", js_at(EPOCH + 95 * MS), 95 * MS, ros_ns=EPOCH + 95 * MS) == [0]
+    assert asm.faults(96 * MS) == []
+
+
+def test_implausible_header_stamp_is_a_clock_fault_until_a_good_one():
+    asm = VectorAssembler([spec(topic="/js", field="position", joints=["wrist"], type=JS)],
+                          clock_tolerance_s=0.5, period_s=0.01)
+    assert asm.update("/js", js_at(EPOCH - 2_000 * MS), 0, ros_ns=EPOCH) == [0]  # kept, at its receive time
+    assert asm.stamp_ns(0) == EPOCH
+    (fault,) = asm.faults(0)
+    assert fault.kind == "clock" and "2.000 s behind the receive time" in fault.detail
+    assert "stamp: receive" in fault.detail
+    asm.update("/js", js_at(EPOCH + 1 * MS), 10 * MS, ros_ns=EPOCH + 10 * MS)
+    assert asm.faults(10 * MS) == []
+    asm.update("/js", js_at(EPOCH + 900 * MS), 20 * MS, ros_ns=EPOCH + 20 * MS)
+    assert asm.faults(20 * MS)[0].detail.startswith("header stamp 0.880 s ahead of")
+    # With stamp: receive the same message is fine (and its header is ignored).
+    recv = VectorAssembler([spec(topic="/js", field="position", type=JS, stamp="receive")])
+    assert recv.update("/js", js_at(EPOCH - 2_000 * MS), 0, ros_ns=EPOCH) == [0] and recv.stamp_ns(0) == EPOCH
+
+
+def test_missing_joint_marks_the_field_rejected_by_name_until_a_good_message():
+    specs = [spec(topic="/js", field="position", joints=["shoulder", "elbow"], type=JS), spec(topic="/o", type=FA)]
+    asm = VectorAssembler(specs)
+    asm.update("/js", js_at(EPOCH), 0, ros_ns=EPOCH)
+    asm.update("/o", float_array([1.0]), 0)
+    assert asm.faults(0) == []
+    with pytest.raises(UserError, match="joint 'elbow' not in JointState"):
+        asm.update("/js", joint_state(EPOCH + 1, ["shoulder", "wrist"], [0.0, 0.0]), 1, ros_ns=EPOCH + 1)
+    (fault,) = asm.faults(2)
+    assert fault.kind == "rejected" and fault.name == "/js:position" and "'elbow'" in fault.detail
+    asm.update("/js", js_at(EPOCH + 2), 2, ros_ns=EPOCH + 2)
+    assert asm.faults(3) == []
+
+
+def test_nonfinite_and_out_of_range_elements_are_named():
+    specs = [spec(topic="/js", field="position", joints=["wrist", "elbow"], type=JS), spec(topic="/o", type=FA)]
+    asm = VectorAssembler(specs, max_abs=10.0)
+    asm.update("/js", js_at(EPOCH, pos=(np.nan, 0.0, 0.0)), 0, ros_ns=EPOCH)  # elbow is NaN
+    asm.update("/o", float_array([1.0, 50.0]), 0)
+    f1, f2 = asm.faults(0)
+    assert (f1.kind, f1.name, f1.stamp_ns) == ("nonfinite", "/js:position[elbow]", EPOCH)
+    assert "element 1 is NaN" in str(f1) and f"stamp {EPOCH * 1e-9:.6f} s" in str(f1)
+    assert (f2.kind, f2.name) == ("range", "/o:data[1]") and "50 (|x| > 10)" in f2.detail
+    with pytest.raises(UserError, match=r"element 1 \(elbow\) is NaN"):
+        asm.vector()
+
+
+def test_field_spec_stamp_and_max_age_are_validated():
+    with pytest.raises(UserError, match=r"test.stamp: 'header' or 'receive', got 'bag'"):
+        spec(topic="/o", stamp="bag")
+    with pytest.raises(UserError, match=r"test.max_age_s: must be > 0"):
+        spec(topic="/o", max_age_s=0)

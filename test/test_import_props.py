@@ -127,8 +127,12 @@ def test_assembler_vector_is_latest_of_each_field(events):
     latest: dict[str, tuple[int, list[float]]] = {}
     for topic, stamp, vals in events:
         msg = joint_state(stamp, JOINTS, [vals[0], 0.0, vals[1]]) if topic == "/js" else float_array(vals)
-        asm.update(topic, msg, stamp)
-        latest[topic] = (stamp, vals)
+        new = asm.update(topic, msg, stamp)
+        # A header stamp (JointState; 0 means unset) that does not advance is not a new sample.
+        advances = topic != "/js" or stamp == 0 or topic not in latest or stamp > latest[topic][0]
+        assert bool(new) == advances
+        if advances:
+            latest[topic] = (stamp, vals)
     assert asm.ready() == (len(latest) == 3)
     if asm.ready():
         a, js, b = latest["/a"][1], latest["/js"][1], latest["/b"][1]

@@ -106,11 +106,12 @@ class ControlLoop:
         self._torch = _torch_inference_mode()
 
     # ---- inputs
-    def on_message(self, topic: str, msg: Any, now_ns: int) -> Optional[str]:
-        """Feed one received message; returns a warning line if it was rejected."""
+    def on_message(self, topic: str, msg: Any, now_ns: int, ros_ns: Optional[int] = None) -> Optional[str]:
+        """Feed one message received at ``now_ns`` (the loop's clock) and ``ros_ns`` (ROS time, the
+        clock of header stamps; default ``now_ns``); returns a warning line if it was rejected."""
         try:
             with self._lock:
-                self.assembler.update(topic, msg, now_ns)
+                self.assembler.update(topic, msg, now_ns, ros_ns=ros_ns)
         except UserError as exc:
             self.counts["rejected_message"] += 1
             return f"observation rejected: {exc}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -320,21 +321,87 @@ def declared_size(spec: FieldSpec) -> Optional[int]:
 
 
 # --------------------------------------------------------------------------- assembler
-class VectorAssembler:
-    """Latest values of several fields, concatenated in spec order into one vector.
+FAULT_KINDS = ("waiting", "rejected", "clock", "stale", "frozen", "nonfinite", "range")
 
-    ``update(topic, msg, stamp_ns)`` extracts every field that comes from ``topic``. The vector is
-    available once every field has been seen (:meth:`ready`). The first message of each field fixes
-    its size (counted before ``indices``): a later message with another size is a
-    :class:`UserError` (dimension change).
 
-    Non-finite values are accepted by ``update`` (a live node must be able to observe a bad sensor
-    and react) but never leave: :meth:`finite` says whether the current values are all finite and
-    within ``max_abs``, :meth:`bad_fields` names those that are not, and :meth:`vector` raises
-    :class:`UserError` naming the topic, field and stamp instead of returning them.
+@dataclass(frozen=True)
+class FieldFault:
+    """Why one field's current value may not be used.
+
+    kind: ``waiting`` (no sample yet), ``rejected`` (the last message could not be read, e.g. a
+    joint is missing from a JointState), ``clock`` (the header stamp is implausible against the
+    receive time), ``stale`` (the newest sample is older than the field's maximum age),
+    ``frozen`` (stale, and samples kept arriving with a stamp that did not advance),
+    ``nonfinite`` (NaN/inf) or ``range`` (an element beyond ``max_abs``).
+    name: the field, and the element where there is one, e.g. ``/joint_states:position[elbow]``.
+    stamp_ns: the stamp of the sample at fault (ROS time, ns; the header stamp or the receive
+    time), None when there is none. detail: the rest of the one-line explanation.
     """
 
-    def __init__(self, specs: Iterable[FieldSpec], max_abs: float = math.inf, types: Optional[dict[str, str]] = None):
+    kind: str
+    field: int
+    name: str
+    stamp_ns: Optional[int]
+    detail: str
+
+    def __str__(self) -> str:
+        when = "" if self.stamp_ns is None else f" (stamp {self.stamp_ns * 1e-9:.6f} s)"
+        return f"{self.name}: {self.detail}{when}"
+
+
+def header_stamp_ns(msg: Any) -> Optional[int]:
+    """``msg.header.stamp`` in ns, or None when the message has no header or the stamp is unset (0)."""
+    header = getattr(msg, "header", None)
+    st = getattr(header, "stamp", None)
+    if st is None:
+        return None
+    try:
+        ns = int(st.sec) * 1_000_000_000 + int(st.nanosec)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return ns if ns > 0 else None
+
+
+class VectorAssembler:
+    """Latest values of several fields, concatenated in spec order into one vector, with the age
+    and validity of each field.
+
+    ``update(topic, msg, recv_ns, ros_ns=...)`` extracts every field that comes from ``topic``.
+    The vector is available once every field has been seen (:meth:`ready`). The first message of
+    each field fixes its size (counted before ``indices``): a later message with another size is a
+    :class:`UserError` (dimension change).
+
+    Time stamps. Each sample gets a stamp in ROS time: the message's ``header.stamp`` where it has
+    one (``FieldSpec.stamp: header``, the default) or the receive time ``ros_ns``
+    (``stamp: receive``, or a message without a header, or a header stamp left at 0). A header
+    stamp further than ``clock_tolerance_s`` from the receive time (ahead of it, or behind it)
+    is a ``clock`` fault on the field until a plausible one arrives (the sample is kept, stamped
+    with its receive time, so a recording loses nothing). A sample whose stamp does
+    not advance past the previous one is not new: it changes nothing and does not refresh the
+    field, so a driver that keeps republishing one sample goes stale (``frozen``).
+
+    Freshness. Field ``i`` may be used while its newest sample is at most ``max_age_ns(i)`` old:
+    ``FieldSpec.max_age_s`` when set; else ``stale_periods`` periods of the topic's rate in
+    ``rates_hz`` (the rate it had in the training data), but at least ``stale_periods`` of
+    ``period_s`` (the consumer's step, e.g. the control period); else ``stale_periods`` x
+    ``period_s``; else no limit. Ages are measured on the caller's clock: a sample received at
+    ``recv_ns`` with a header stamp ``d`` ns behind the ROS receive time is ``d`` ns old on
+    arrival.
+
+    Non-finite values are accepted by ``update`` (a live node must be able to observe a bad sensor
+    and react) but never leave: :meth:`faults` names them (field and element), :meth:`finite` says
+    whether the current values are all finite and within ``max_abs``, and :meth:`vector` raises
+    :class:`UserError` naming the topic, field and stamp instead of returning them.
+
+    Times are integers in ns. ``recv_ns`` and the ``now_ns`` given to :meth:`faults` are on one
+    clock of the caller's (monotonic in the controller, the bag's log time in import-bag);
+    ``ros_ns`` is the receive time on the clock header stamps use (ROS time) and defaults to
+    ``recv_ns`` where the two are the same clock.
+    """
+
+    def __init__(self, specs: Iterable[FieldSpec], max_abs: float = math.inf, types: Optional[dict[str, str]] = None,
+                 *, rates_hz: Optional[dict[str, float]] = None, period_s: Optional[float] = None,
+                 stale_periods: float = 3.0, clock_tolerance_s: float = 0.5):
         self.specs: list[FieldSpec] = list(specs)
         if not self.specs:
             raise UserError("no fields configured (observation/action lists are empty)")
@@ -349,11 +416,32 @@ class VectorAssembler:
                 raise UserError(f"topic '{spec.topic}': configured with two message types ({have} and {t})")
             if t or spec.topic not in self._types:
                 self._types[spec.topic] = t
-        self._values: list[Optional[np.ndarray]] = [None] * len(self.specs)
+        n = len(self.specs)
+        self._values: list[Optional[np.ndarray]] = [None] * n
         self._dims: list[Optional[int]] = [declared_size(s) for s in self.specs]
-        self._seen_dims: list[Optional[int]] = [None] * len(self.specs)  # output sizes
-        self._base_dims: list[Optional[int]] = [None] * len(self.specs)  # sizes before indices
-        self._stamps: list[Optional[int]] = [None] * len(self.specs)
+        self._seen_dims: list[Optional[int]] = [None] * n  # output sizes
+        self._base_dims: list[Optional[int]] = [None] * n  # sizes before indices
+        self._stamps: list[Optional[int]] = [None] * n  # sample stamps, ROS time
+        self._fresh: list[Optional[int]] = [None] * n  # sample times on the caller's clock
+        self._recv: list[Optional[int]] = [None] * n  # receive times on the caller's clock
+        self._errors: list[Optional[tuple[str, str, Optional[int]]]] = [None] * n  # (kind, detail, stamp)
+        self._bad: list[Optional[int]] = [None] * n  # first non-finite / out-of-range element
+        self._repeats = [0] * n  # samples since the last new one whose stamp did not advance
+        self.clock_tolerance_ns = int(round(float(clock_tolerance_s) * 1e9))
+        self.stale_periods = float(stale_periods)
+        self._max_age: list[Optional[int]] = [
+            self._default_max_age(s, rates_hz or {}, period_s) for s in self.specs]
+
+    def _default_max_age(self, spec: FieldSpec, rates: dict[str, float], period_s: Optional[float]) -> Optional[int]:
+        if spec.max_age_s is not None:
+            return int(round(spec.max_age_s * 1e9))
+        rate = rates.get(spec.topic)
+        periods = []
+        if rate is not None and rate > 0 and math.isfinite(rate):
+            periods.append(1.0 / rate)
+        if period_s is not None and period_s > 0:
+            periods.append(float(period_s))
+        return int(round(self.stale_periods * max(periods) * 1e9)) if periods else None
 
     # ----------------------------------------------------------------- topology
     def topics(self) -> dict[str, str]:
@@ -381,40 +469,110 @@ class VectorAssembler:
             names += element_names(spec, d or 0)
         return names
 
-    # ----------------------------------------------------------------- updates
-    def update(self, topic: str, msg: Any, stamp_ns: int, msgtype: str = "") -> list[int]:
-        """Extract the fields of ``topic`` from ``msg`` received at ``stamp_ns`` (ns).
+    def field_name(self, i: int, element: Optional[int] = None) -> str:
+        """``topic:field``, or with ``element`` the element's name (``/joint_states:position[elbow]``)."""
+        spec = self.specs[i]
+        if element is None:
+            return f"{spec.topic}:{spec.field}"
+        names = element_names(spec, self.dims[i] or (element + 1))
+        return names[element] if 0 <= element < len(names) else f"{spec.topic}:{spec.field}[{element}]"
 
-        Returns the indices of the fields updated (empty for a topic no field uses).
+    def max_age_ns(self, i: int) -> Optional[int]:
+        """The maximum age of field ``i``'s samples [ns] (None: no limit)."""
+        return self._max_age[i]
+
+    # ----------------------------------------------------------------- updates
+    def update(self, topic: str, msg: Any, recv_ns: int, msgtype: str = "", ros_ns: Optional[int] = None) -> list[int]:
+        """Take the fields of ``topic`` from ``msg`` received at ``recv_ns`` (and ``ros_ns`` in ROS
+        time, default ``recv_ns``).
+
+        Returns the indices of the fields that got a new sample (empty for a topic no field uses,
+        or a sample whose stamp did not advance). A message that cannot be read (wrong type,
+        missing joint or field, dimension change) raises :class:`UserError` after marking the
+        fields it feeds ``rejected`` (so a consumer stops instead of using their older values).
         """
         idx = self._by_topic.get(topic)
         if not idx:
             return []
+        recv_ns = int(recv_ns)
+        ros = recv_ns if ros_ns is None else int(ros_ns)
         msgtype = msgtype or self._types.get(topic, "")
+        hdr = header_stamp_ns(msg)
+        updated: list[int] = []
+        error: Optional[UserError] = None
         for i in idx:
-            value, base = extract_with_size(self.specs[i], msg, msgtype)
+            spec = self.specs[i]
+            stamp, fresh, by_header, clock = ros, recv_ns, False, None
+            if hdr is not None and spec.stamp == "header":
+                lag = ros - hdr
+                if abs(lag) > self.clock_tolerance_ns:
+                    # Kept (at its receive time) for a recording, but marked: a controller stops.
+                    side = "behind" if lag > 0 else "ahead of"
+                    clock = ("clock", f"header stamp {abs(lag) / 1e9:.3f} s {side} the receive time (more "
+                                      f"than {self.clock_tolerance_ns / 1e9:g} s: clocks not synchronised? set "
+                                      "'stamp: receive' for this field)", hdr)
+                else:
+                    stamp, fresh, by_header = hdr, recv_ns - max(0, lag), True
+            prev = self._stamps[i]
+            if by_header and prev is not None and stamp <= prev and self._values[i] is not None:
+                self._repeats[i] += 1  # not new: a frozen driver must go stale
+                continue
+            try:
+                value, base = extract_with_size(spec, msg, msgtype)
+            except UserError as exc:
+                self._errors[i] = ("rejected", str(exc), stamp)
+                error = error or exc
+                continue
             seen = self._base_dims[i]
             if seen is None:
                 self._base_dims[i] = base
                 self._seen_dims[i] = len(value)
             elif seen != base:
-                spec = self.specs[i]
-                raise UserError(f"topic '{topic}' field '{spec.field}': dimension changed from {seen} to {base}")
+                exc = UserError(f"topic '{topic}' field '{spec.field}': dimension changed from {seen} to {base}")
+                self._errors[i] = ("rejected", str(exc), stamp)
+                error = error or exc
+                continue
             self._values[i] = value
-            self._stamps[i] = int(stamp_ns)
-        return list(idx)
+            self._stamps[i] = stamp
+            self._fresh[i] = fresh
+            self._recv[i] = recv_ns
+            self._errors[i] = clock
+            self._repeats[i] = 0
+            ok = np.isfinite(value) & (np.abs(value) <= self.max_abs)
+            self._bad[i] = None if ok.all() else int(np.argmin(ok))
+            updated.append(i)
+        if error is not None:
+            raise error
+        return updated
 
     def value(self, i: int) -> Optional[np.ndarray]:
         """Latest value of field ``i`` (None before its first message)."""
         return self._values[i]
 
     def stamp_ns(self, i: int) -> Optional[int]:
+        """Stamp of field ``i``'s latest sample in ROS time (header stamp or receive time)."""
         return self._stamps[i]
+
+    def sample_ns(self, i: int) -> Optional[int]:
+        """Time of field ``i``'s latest sample on the caller's clock (receive time less the
+        transport delay its header stamp shows)."""
+        return self._fresh[i]
+
+    def age_ns(self, i: int, now_ns: int) -> Optional[int]:
+        """Age of field ``i``'s latest sample at ``now_ns`` (caller's clock), None before one."""
+        f = self._fresh[i]
+        return None if f is None else int(now_ns) - f
 
     def reset(self) -> None:
         """Forget all values (sizes already seen stay fixed)."""
-        self._values = [None] * len(self.specs)
-        self._stamps = [None] * len(self.specs)
+        n = len(self.specs)
+        self._values = [None] * n
+        self._stamps = [None] * n
+        self._fresh = [None] * n
+        self._recv = [None] * n
+        self._errors = [None] * n
+        self._bad = [None] * n
+        self._repeats = [0] * n
 
     # ----------------------------------------------------------------- queries
     def ready(self) -> bool:
@@ -426,15 +584,48 @@ class VectorAssembler:
         return [f"{s.topic}:{s.field}" for s, v in zip(self.specs, self._values) if v is None]
 
     def oldest_stamp_ns(self) -> Optional[int]:
-        """Stamp (ns) of the stalest field, for staleness watchdogs; None until :meth:`ready`."""
+        """Sample time (caller's clock) of the stalest field; None until :meth:`ready`."""
         if not self.ready():
             return None
-        return min(self._stamps)  # type: ignore[type-var]
+        return min(self._fresh)  # type: ignore[type-var]
+
+    def faults(self, now_ns: int) -> list[FieldFault]:
+        """Every reason not to use the current vector at ``now_ns`` (caller's clock), one per
+        field at most, in spec order; empty when :meth:`vector` may be used."""
+        out: list[FieldFault] = []
+        for i, v in enumerate(self._values):
+            err = self._errors[i]
+            if err is not None:
+                out.append(FieldFault(err[0], i, self.field_name(i), err[2], err[1]))
+                continue
+            if v is None:
+                out.append(FieldFault("waiting", i, self.field_name(i), None, "no sample yet"))
+                continue
+            limit = self._max_age[i]
+            age = int(now_ns) - self._fresh[i]  # type: ignore[operator]
+            if limit is not None and age > limit:
+                rep = self._repeats[i]
+                kind = "frozen" if rep else "stale"
+                more = f"; {rep} later sample(s) repeated its stamp" if rep else ""
+                out.append(FieldFault(kind, i, self.field_name(i), self._stamps[i],
+                                      f"newest sample {age / 1e6:.1f} ms old (max_age {limit / 1e6:.1f} ms){more}"))
+                continue
+            k = self._bad[i]
+            if k is not None:
+                out.append(self._bad_fault(i, k))
+        return out
+
+    def _bad_fault(self, i: int, k: int) -> FieldFault:
+        x = float(self._values[i][k])  # type: ignore[index]
+        if math.isnan(x) or math.isinf(x):
+            kind, what = "nonfinite", "NaN" if math.isnan(x) else "inf"
+        else:
+            kind, what = "range", f"{x:.6g} (|x| > {self.max_abs:g})"
+        return FieldFault(kind, i, self.field_name(i, k), self._stamps[i], f"element {k} is {what}")
 
     def bad_fields(self) -> list[int]:
         """Indices of fields whose current value has NaN/inf or exceeds ``max_abs``."""
-        return [i for i, v in enumerate(self._values)
-                if v is not None and not (np.all(np.isfinite(v)) and np.all(np.abs(v) <= self.max_abs))]
+        return [i for i, k in enumerate(self._bad) if k is not None and self._values[i] is not None]
 
     def finite(self) -> bool:
         """True when every current value is finite and within ``max_abs`` (unset fields pass)."""
@@ -445,16 +636,19 @@ class VectorAssembler:
         the default ``at stamp <s> s``)."""
         spec, v, st = self.specs[i], self._values[i], self._stamps[i]
         assert v is not None
-        mask = ~(np.isfinite(v) & (np.abs(v) <= self.max_abs))
-        k = int(np.argmax(mask))
-        what = "NaN" if np.isnan(v[k]) else ("inf" if np.isinf(v[k]) else f"{v[k]:.6g} (|x| > {self.max_abs:g})")
+        k = self._bad[i] or 0
+        x = float(v[k])
+        what = "NaN" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.6g} (|x| > {self.max_abs:g})")
         when = when or f"at stamp {(st or 0) * 1e-9:.3f} s"
-        return f"topic '{spec.topic}' field '{spec.field}': element {k} is {what} {when}"
+        comp = self.field_name(i, k).rsplit("[", 1)[-1].rstrip("]")
+        comp = "" if comp == str(k) else comp
+        return f"topic '{spec.topic}' field '{spec.field}': element {k}{f' ({comp})' if comp else ''} is {what} {when}"
 
     def vector(self) -> np.ndarray:
         """Concatenated float64 vector of all fields (spec order), shape ``(dim,)``.
 
         Raises UserError when a field has no value yet or a value is NaN/inf/beyond ``max_abs``.
+        Freshness is not checked here: see :meth:`faults`.
         """
         if not self.ready():
             raise UserError(f"no value yet for {', '.join(self.missing())}")

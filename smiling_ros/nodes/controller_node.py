@@ -260,7 +260,7 @@ class ControllerNode(LifecycleNode):
         loop = self.loop
         if loop is None:
             return
-        warning = loop.on_message(topic, msg, time.monotonic_ns())
+        warning = loop.on_message(topic, msg, time.monotonic_ns(), self.get_clock().now().nanoseconds)
         if warning:
             self.get_logger().warning(warning, throttle_duration_sec=1.0)
 

@@ -187,7 +187,7 @@ class RosRobotEnv(gymnasium.Env):
     def _on_observation(self, topic: str, msg: Any) -> None:
         with self._cv:
             try:
-                self._assembler.update(topic, msg, time.time_ns())
+                self._assembler.update(topic, msg, time.time_ns(), ros_ns=self._node.get_clock().now().nanoseconds)
             except UserError as exc:  # wrong field, dimension change: surfaces in step/reset
                 self._error = exc
             self._counts[topic] += 1
