@@ -47,6 +47,7 @@ setup(
             "ros-std-srvs",
             "ros-sensor-msgs",
             "ros-geometry-msgs",
+            "ros-trajectory-msgs",  # JointTrajectory for joint_trajectory_controller (control_msgs has no wheel)
             "ros-diagnostic-msgs",
             "ros-lifecycle-msgs",
         ],

@@ -255,6 +255,9 @@ class CommandSection:
     meaning: what an action element is (``position`` [rad or m], ``velocity`` [rad/s or m/s],
     ``effort`` [N m or N], ``twist``); empty = not declared. Recorded in datasets and checkpoints.
     frame_id: the frame of a Servo twist.
+    scale: the controller's (SI) units per action unit, one number or one per action element
+    (e.g. 1.5 for velocities given as fractions of 1.5 rad/s); empty = 1. Trajectories and twists
+    are sent in SI units; forward commands in action units.
     """
 
     interface: str = "forward"
@@ -262,6 +265,7 @@ class CommandSection:
     joints: list[str] = field(default_factory=list)
     meaning: str = ""
     frame_id: str = ""
+    scale: list[float] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.interface not in COMMAND_INTERFACES:
@@ -273,6 +277,8 @@ class CommandSection:
                             f"got '{self.meaning}'")
         if len(set(self.joints)) != len(self.joints):
             raise UserError(f"{where}.joints: a joint is listed twice")
+        if any(not v > 0 for v in self.scale):
+            raise UserError(f"{where}.scale: must be > 0, got {self.scale}")
 
 
 METHOD_SECTIONS = ("smiling", "bridger", "dbc", "dydiff", "expert", "controller")

@@ -7,6 +7,7 @@ from smiling_ros.control.checks import (
     load_controller_policy,
     make_assembler,
     policy_bounds,
+    resolve_command,
     resolve_limits,
 )
 from smiling_ros.control.loader import PolicyLoader
@@ -31,6 +32,6 @@ __all__ = [
     "EXECUTORS", "ON_STALE", "STOP_ACTIONS", "WATCHDOG_OK", "WATCHDOG_STALE", "WATCHDOG_WAITING",
     "ControlLoop", "ControllerSection", "ControllerSettings", "DeadlineTracker", "LatencyStats", "PolicyLoader",
     "TickResult", "Watchdog", "background_priority", "check_policy", "check_settings", "expected_act_dim",
-    "load_controller_policy", "make_assembler", "policy_bounds", "resolve_limits", "resolve_settings",
+    "load_controller_policy", "make_assembler", "policy_bounds", "resolve_command", "resolve_limits", "resolve_settings",
     "set_sched_priority",
 ]

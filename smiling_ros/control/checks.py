@@ -122,3 +122,16 @@ def load_controller_policy(path: str, settings: ControllerSettings, obs_dim: Opt
         raise UserError(f"{path}: policy fails on a test observation ({type(exc).__name__}: {exc})") from None
     policy.reset()
     return policy
+
+
+def resolve_command(cfg: Config, policy: Any, path: str, low: np.ndarray, high: np.ndarray, step_s: float,
+                    topic: Optional[str] = None) -> Any:
+    """The :class:`~smiling_ros.io.commands.CommandSpec` for deploying ``policy`` on this robot.
+
+    The action's meaning comes from the checkpoint's action spec (else the config's
+    ``command.meaning``) and must suit the config's ``command.interface``; a mismatch raises
+    :class:`UserError` with one line naming the checkpoint or config key."""
+    from smiling_ros.io.commands import CommandSpec, checkpoint_action_meaning
+
+    meaning = checkpoint_action_meaning(getattr(policy, "meta", None))
+    return CommandSpec.resolve(cfg, low, high, step_s, checkpoint_meaning=meaning, checkpoint=path, topic=topic)

@@ -61,6 +61,7 @@ class TickResult:
     reason: str
     warning: Optional[str] = None
     event: Optional[str] = None
+    chunk: Optional[np.ndarray] = None  # chunked loops: the whole plan (chunk, act_dim), action = chunk[0]
 
 
 class ControlLoop:
@@ -73,7 +74,7 @@ class ControlLoop:
 
     def __init__(self, policy: Any, assembler: Any, low: np.ndarray, high: np.ndarray, period_ns: int,
                  watchdog_periods: int = 2, on_stale: str = "stop", stop_action: str = "zero",
-                 policy_path: str = ""):
+                 policy_path: str = "", chunked: bool = False):
         self.low = np.asarray(low, np.float64).copy()
         self.high = np.asarray(high, np.float64).copy()
         self.act_dim = int(self.low.shape[0])
@@ -85,6 +86,7 @@ class ControlLoop:
                             "or limits that contain 0")
         self.policy = policy
         self.policy_path = policy_path
+        self.chunked = bool(chunked)  # plan whole chunks (TickResult.chunk) instead of one action per tick
         self.assembler = assembler
         self.period_ns = int(period_ns)
         self.watchdog = Watchdog(self.period_ns, watchdog_periods)
@@ -223,9 +225,16 @@ class ControlLoop:
             bad = np.flatnonzero(~np.isfinite(obs))
             return self._invalid(now_ns, "bad_observation",
                                  f"observation has non-finite values at {bad[:8].tolist()}; not commanding", event)
+        chunk = None
         try:
             with self._torch():
-                raw = self.policy.act(obs.astype(np.float32))
+                if self.chunked:
+                    chunk = np.asarray(_plan_chunk(self.policy, obs.astype(np.float32)), np.float64)
+                    if chunk.ndim != 2 or chunk.shape[0] < 1:
+                        raise ValueError(f"plan of shape {chunk.shape}, expected (chunk, act_dim)")
+                    raw = chunk[0]
+                else:
+                    raw = self.policy.act(obs.astype(np.float32))
             a = np.asarray(raw, np.float64).reshape(-1)
         except Exception as exc:  # noqa: BLE001 - any policy failure must cost one tick, not the loop
             return self._invalid(now_ns, "policy_error", f"policy failed: {type(exc).__name__}: {exc}; "
@@ -250,10 +259,16 @@ class ControlLoop:
         if clamped:
             self.clamped += 1
         clipped = np.array(out, np.float64)
+        if chunk is not None:
+            if chunk.shape[1] != self.act_dim or not np.all(np.isfinite(chunk)):
+                return self._invalid(now_ns, "bad_action", "policy planned a non-finite or wrong-size chunk; "
+                                     "not commanding", event)
+            chunk = np.clip(chunk, self.low, self.high)
+            chunk[0] = clipped
         self.last_action = clipped
         self._stopped = False
         self._invalid_since = None
-        return TickResult(clipped.copy(), "command", event=event)
+        return TickResult(clipped.copy(), "command", event=event, chunk=chunk)
 
     def _invalid(self, now_ns: int, reason: str, warning: str, event: Optional[str]) -> TickResult:
         """No command this tick; after ``watchdog_periods`` periods of invalid input, the stop command."""
@@ -301,6 +316,12 @@ class ControlLoop:
             "stale_events": self.watchdog.stale_events,
             "swaps": self.swaps,
         }
+
+
+def _plan_chunk(policy: Any, obs: np.ndarray) -> np.ndarray:
+    from smiling_ros.learn.policy import plan_chunk  # torch is imported only where a policy runs
+
+    return plan_chunk(policy, obs)
 
 
 def _torch_inference_mode() -> Callable[[], Any]:

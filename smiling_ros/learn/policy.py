@@ -36,6 +36,15 @@ class Policy(Protocol):
         """Forget internal state (observation windows, action chunks) at an episode start."""
 
 
+def plan_chunk(policy: Any, obs: np.ndarray) -> np.ndarray:
+    """The actions ``policy`` plans for one observation, (chunk, act_dim): a chunking policy's
+    ``plan`` (BRIDGER with ``chunk`` > 1), else its single action as a chunk of one."""
+    plan = getattr(policy, "plan", None)
+    if callable(plan):
+        return np.asarray(plan(obs))
+    return np.asarray(policy.act(obs)).reshape(1, -1)
+
+
 _ACTIVATIONS = {"relu": nn.ReLU, "mish": nn.Mish, "elu": nn.ELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
 

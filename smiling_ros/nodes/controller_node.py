@@ -11,8 +11,11 @@ the transitions itself):
   subscribe to their topics (sensor-data QoS, which matches best-effort and reliable publishers)
   and create the command publisher (RELIABLE, depth 1).
 - activate: a timer at ``control_rate_hz`` on the steady clock. Each tick: latest observation ->
-  policy (source sample + BRIDGER steps inside ``act``) -> clamp to the limits -> publish
-  std_msgs/Float64MultiArray on the ros2_control command topic.
+  policy (source sample + BRIDGER steps inside ``act``) -> clamp to the limits -> publish the
+  command of the config's ``command.interface`` (smiling_ros.io.commands): Float64MultiArray for
+  a forward controller, a JointTrajectory of the planned chunk (first point one policy step ahead)
+  for a joint_trajectory_controller, a TwistStamped for MoveIt Servo. The action's meaning (the
+  checkpoint's, else ``command.meaning``) must suit the interface, or configure fails.
 - deactivate / shutdown / SIGINT / SIGTERM: stop the timer, publish the stop command
   (``stop_action``), then nothing.
 
@@ -54,7 +57,7 @@ from rclpy.duration import Duration
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from smiling_ros.control import (
@@ -63,11 +66,13 @@ from smiling_ros.control import (
     PolicyLoader,
     load_controller_policy,
     make_assembler,
+    resolve_command,
     resolve_limits,
     resolve_settings,
     set_sched_priority,
 )
 from smiling_ros.errors import UserError
+from smiling_ros.ros.commands import CommandOutput
 from smiling_ros.ros.msgs import message_class, parse_episode_marker
 from smiling_ros.ros.node_utils import ParamSpec, declare_params, param
 from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
@@ -112,10 +117,9 @@ class ControllerNode(LifecycleNode):
         self._pub_lock = threading.Lock()  # a tick's publish and a stop command never interleave
         self._loader: Optional[PolicyLoader] = None
         self._subs: list[Any] = []
-        self._cmd_pub: Any = None
+        self._out: Optional[CommandOutput] = None
         self._timer: Any = None
         self._diag_timer: Any = None
-        self._msg = Float64MultiArray()
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._estop_srv = self.create_service(SetBool, "~/estop", self._on_estop)
@@ -175,8 +179,10 @@ class ControllerNode(LifecycleNode):
         policy = load_controller_policy(s.checkpoint, s, obs_dim)
         assembler = make_assembler(cfg.observation, int(policy.obs_dim), s.observation_max_abs)
         low, high = resolve_limits(cfg, policy, s.checkpoint)
+        spec = resolve_command(cfg, policy, s.checkpoint, low, high, s.period_ns / 1e9, s.command_topic)
         self.loop = ControlLoop(policy, assembler, low, high, s.period_ns, s.watchdog_periods, s.on_stale,
-                                s.stop_action, policy_path=s.checkpoint)
+                                s.stop_action, policy_path=s.checkpoint,
+                                chunked=spec.interface == "joint_trajectory")
         self.loop.set_estop(self._estop)
         self.settings = s
         self._obs_dim = int(policy.obs_dim)
@@ -184,7 +190,8 @@ class ControllerNode(LifecycleNode):
             cls = message_class(type_name)
             self._subs.append(self.create_subscription(
                 cls, topic, lambda msg, t=topic: self._on_observation(t, msg), SENSOR))
-        self._cmd_pub = self.create_lifecycle_publisher(Float64MultiArray, s.command_topic, COMMAND)
+        self._out = CommandOutput(self, spec, COMMAND, self.create_lifecycle_publisher, cfg.topics.joint_states,
+                                  max_joint_age_s=s.watchdog_periods * s.period_ns / 1e9)
         self._subs.append(self.create_subscription(String, s.episode_topic, self._on_episode, EVENTS))
         if s.follow_announcements:
             self._loader = PolicyLoader(self._load_for_swap, self._on_policy_loaded, self._on_policy_refused)
@@ -194,7 +201,7 @@ class ControllerNode(LifecycleNode):
         self.get_logger().info(
             f"configured: {s.checkpoint} ({type(policy).__name__}, obs {policy.obs_dim}, act {policy.act_dim}"
             f"{', steps ' + str(policy.steps) if hasattr(policy, 'steps') else ''}) on {s.device}; "
-            f"{s.control_rate_hz:g} Hz -> {s.command_topic}; limits {low.tolist()}..{high.tolist()}; "
+            f"{s.control_rate_hz:g} Hz -> {s.command_topic} ({spec.interface}, {spec.meaning or 'meaning not declared'}); limits {low.tolist()}..{high.tolist()}; "
             f"watchdog {s.watchdog_periods} periods, on_stale {s.on_stale}, stop_action {s.stop_action}")
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -238,9 +245,9 @@ class ControllerNode(LifecycleNode):
             if self.loop is not None and self._active:
                 stop = self.loop.stop_command()
                 self._publish(stop)
-                if stop is not None and self._cmd_pub is not None:
+                if stop is not None and self._out is not None:
                     # The node may be about to exit: make sure the robot got the stop command.
-                    self._cmd_pub.wait_for_all_acked(Duration(seconds=0.5))
+                    self._out.publisher.wait_for_all_acked(Duration(seconds=0.5))
             self._active = False
 
     def _release(self) -> None:
@@ -250,9 +257,9 @@ class ControllerNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        if self._cmd_pub is not None:
-            self.destroy_lifecycle_publisher(self._cmd_pub)
-            self._cmd_pub = None
+        if self._out is not None:
+            self._out.destroy(self.destroy_lifecycle_publisher)
+            self._out = None
         self.loop = None
 
     # ------------------------------------------------------------------ callbacks
@@ -277,7 +284,7 @@ class ControllerNode(LifecycleNode):
                 return
             r = loop.tick(start)
             if r.action is not None:
-                self._publish(r.action)
+                self._publish(r.action, r.chunk)
         end = time.monotonic_ns()
         loop.record(expected, start, end, r)
         if r.event:
@@ -293,11 +300,16 @@ class ControllerNode(LifecycleNode):
         if r.warning:
             self.get_logger().warning(r.warning, throttle_duration_sec=1.0)
 
-    def _publish(self, action: Any) -> None:
-        if action is None or self._cmd_pub is None:
+    def _publish(self, action: Any, chunk: Any = None) -> None:
+        out = self._out
+        if action is None or out is None:
             return
-        self._msg.data = action.tolist()
-        self._cmd_pub.publish(self._msg)
+        try:
+            sent = out.send(action, chunk)
+        except UserError as exc:
+            sent, out.last_warning = False, str(exc)
+        if not sent and out.last_warning:
+            self.get_logger().warning(out.last_warning, throttle_duration_sec=1.0)
 
     def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         engage = bool(request.data)
@@ -344,6 +356,7 @@ class ControllerNode(LifecycleNode):
         if int(policy.act_dim) != loop.act_dim:
             raise UserError(f"{path}: checkpoint for another robot: act_dim is {policy.act_dim} but the limits "
                             f"have {loop.act_dim} elements")
+        resolve_command(s.config, policy, path, loop.low, loop.high, s.period_ns / 1e9, s.command_topic)
         return policy
 
     def _on_policy_loaded(self, policy: Any, path: str) -> None:

@@ -23,6 +23,13 @@ controller/commands                                     matches any publisher); 
                                                         node does not subscribe: it publishes the
                                                         expert's actions here (reliable, keep
                                                         last 10), one per step, before stepping.
+(command.topic)        trajectory_msgs/msg/             ``command.interface: joint_trajectory``
+                       JointTrajectory                  (realtime mode): a JTC-like follower
+                                                        (smiling_ros.envs.follower) interpolates
+                                                        the received points (stamp zero = start on
+                                                        receipt) and turns them into the task's
+                                                        actions, joints by ``command.joints``.
+                                                        Followed in wall time: use time_scale 1.
 /smiling_ros/episode   std_msgs/msg/String              EVENTS: reliable, transient local, keep
                                                         last 10. JSON markers:
                                                         {"event": "start", "episode": k} before the
@@ -85,7 +92,8 @@ PARAMETERS: ParamSpec = {
     "wait_for_subscribers": (int, "start the first episode only once every topic has this many subscribers"),
     "joint_states_topic": (str, "unset: the config's topics.joint_states"),
     "observation_topic": (str, "unset: the config's topics.observation"),
-    "command_topic": (str, "unset: the config's topics.command"),
+    "command_topic": (str, "unset: the config's command.topic, else topics.command"),
+    "command_interface": (str, "'forward' or 'joint_trajectory'; unset: the config's command.interface"),
     "episode_topic": (str, "unset: the config's topics.episode"),
 }
 
@@ -151,8 +159,20 @@ class SimNode(Node):
         self.pub_clock = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
         self._clock_msg = Clock() if self.publish_clock else None
         self.pub_cmd = None
+        self.follower = None
+        self.interface = p("command_interface", cfg.command.interface)
+        if self.interface not in ("forward", "joint_trajectory"):
+            raise UserError(f"parameter 'command_interface': sim_node takes 'forward' or 'joint_trajectory', "
+                            f"got '{self.interface}'")
         if self.expert is not None:
-            self.pub_cmd = self.create_publisher(Float64MultiArray, self.topic_names["command"], STATE)
+            # The expert's actions are what a demonstration records: on the forward command topic.
+            topic = self.topic_names["command"] if self.interface == "forward" else topics.command
+            self.pub_cmd = self.create_publisher(Float64MultiArray, topic, STATE)
+        elif self.interface == "joint_trajectory":
+            self.follower = self._make_follower(cfg)
+            from trajectory_msgs.msg import JointTrajectory
+
+            self.create_subscription(JointTrajectory, self.topic_names["command"], self._on_trajectory, SENSOR)
         else:
             cb = self._on_command_lockstep if self.mode == "lockstep" else self._on_command_realtime
             self.create_subscription(Float64MultiArray, self.topic_names["command"], cb, SENSOR)
@@ -196,6 +216,34 @@ class SimNode(Node):
 
         obs_dim = int(np.prod(self.env.observation_space.shape))
         return load_policy(name, device="cpu", obs_dim=obs_dim, act_dim=self.act_dim)
+
+    def _make_follower(self, cfg: Any) -> Any:
+        from smiling_ros.envs.follower import TrajectoryFollower
+
+        if self.mode != "realtime":
+            raise UserError("command interface 'joint_trajectory': sim_node follows trajectories in realtime mode only")
+        names, _, _ = self._joint_state(self.env)
+        joints = list(cfg.command.joints) or names
+        missing = [j for j in joints if j not in names]
+        if missing or len(joints) != self.act_dim:
+            raise UserError(f"{cfg.path}: command.joints {joints} do not name the task's {self.act_dim} actuated "
+                            f"joints {names}")
+        self._follow_index = [names.index(j) for j in joints]
+        scale = np.asarray(cfg.command.scale or [1.0], np.float64)
+        scale = np.broadcast_to(scale, (self.act_dim,)).copy()
+        return TrajectoryFollower(joints, cfg.command.meaning, scale, self.low, self.high)
+
+    def _on_trajectory(self, msg) -> None:
+        from smiling_ros.ros.commands import trajectory_from_message
+
+        now = time.monotonic()
+        names, times, pos, _vel, stamp_ns = trajectory_from_message(msg)
+        start = now if stamp_ns == 0 else now + (stamp_ns - self.get_clock().now().nanoseconds) / 1e9
+        _, q, _ = self._joint_state(self.env)
+        why = self.follower.set(names, times, pos, start, now, q[self._follow_index])
+        if why:
+            self.get_logger().warning(f"{self.topic_names['command']}: trajectory rejected: {why}",
+                                      throttle_duration_sec=2.0)
 
     def _state_publishers(self) -> list[Any]:
         pubs = [self.pub_js, self.pub_obs, self.pub_episode, self.pub_cmd, self.pub_clock]
@@ -255,6 +303,8 @@ class SimNode(Node):
         self.episode += 1
         self.steps, self.ret, self.running = 0, 0.0, True
         self.command = np.zeros(self.act_dim)
+        if self.follower is not None:
+            self.follower.clear()
         self._advance_clock()
         self.pub_episode.publish(msgs.episode_marker("start", self.episode))
         self._publish_state()
@@ -300,6 +350,10 @@ class SimNode(Node):
             action = np.asarray(self.expert.act(self.obs), dtype=np.float64).reshape(-1)
             action = np.clip(action, self.low, self.high)
             self.pub_cmd.publish(msgs.float64_array(action))
+        elif self.follower is not None:
+            _, q, _ = self._joint_state(self.env)
+            followed = self.follower.action(time.monotonic(), self._period, q[self._follow_index], 1.0 / self.rate_hz)
+            action = self.command if followed is None else followed
         else:
             action = self.command
         self._step(action)

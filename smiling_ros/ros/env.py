@@ -11,8 +11,10 @@ What goes over the wire (names from the config):
 - observation: the fields of ``cfg.observation`` (any message types), subscribed with SENSOR
   QoS and assembled into one float64 vector by :class:`smiling_ros.io.fields.VectorAssembler`
   (the same mapping ``import-bag`` uses, so the policy sees what it was trained on).
-- action: ``std_msgs/Float64MultiArray`` on ``cfg.topics.command`` with COMMAND QoS (reliable,
-  keep last 1), clipped to the action space; NaN/inf actions are refused.
+- action: the message of ``cfg.command.interface`` (smiling_ros.io.commands: Float64MultiArray
+  for ``forward``, a one-point JointTrajectory one step ahead for ``joint_trajectory``, a
+  TwistStamped for ``servo_twist``) on ``cfg.command_topic`` with COMMAND QoS (reliable, keep
+  last 1), clipped to the action space; NaN/inf actions are refused.
 - reset: a ``std_srvs/Trigger`` service (``reset_service``). sim_node's ``~/reset`` answers with
   JSON ``{"episode": k, "observation": [...]}``; ``k`` identifies the episode's end marker.
 - episode end: ``{"event": "end", ...}`` markers on ``cfg.topics.episode`` (std_msgs/String,
@@ -146,10 +148,11 @@ class RosRobotEnv(gymnasium.Env):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
-        from std_msgs.msg import Float64MultiArray, String
+        from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
         from smiling_ros.ros import msgs
+        from smiling_ros.ros.commands import command_message_class
         from smiling_ros.ros.dds_env import ensure_local_dds
         from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
 
@@ -163,7 +166,9 @@ class RosRobotEnv(gymnasium.Env):
             self._subs.append(self._node.create_subscription(
                 cls, topic, lambda msg, t=topic: self._on_observation(t, msg), SENSOR))
         self._subs.append(self._node.create_subscription(String, self.episode_topic, self._on_marker, EVENTS))
-        self._pub = self._node.create_publisher(Float64MultiArray, self.command_topic, COMMAND)
+        self._pub = self._node.create_publisher(command_message_class(self.cfg.command.interface),
+                                                self.command_topic, COMMAND)
+        self._out = None  # CommandOutput, once the action space is known
         self._client = self._node.create_client(Trigger, self.reset_service)
         self._trigger = Trigger
         self._executor = SingleThreadedExecutor(context=self._ctx)
@@ -257,6 +262,15 @@ class RosRobotEnv(gymnasium.Env):
         self.action_space = action_space
         self.obs_dim = int(np.prod(observation_space.shape))
         self.act_dim = int(np.prod(action_space.shape))
+        from smiling_ros.io.commands import CommandSpec
+        from smiling_ros.ros.commands import CommandOutput
+        from smiling_ros.ros.qos import COMMAND
+
+        spec = CommandSpec.resolve(self.cfg, action_space.low, action_space.high, self.period_s,
+                                   topic=self.command_topic)
+        self._out = CommandOutput(self._node, spec, COMMAND, publisher=self._pub,
+                                  joint_states_topic=self.cfg.topics.joint_states,
+                                  max_joint_age_s=max(self.timeout_s, 2 * self.period_s))
 
     def _action_space_from(self, sim) -> spaces.Box:
         lim = self.cfg.limits
@@ -367,15 +381,14 @@ class RosRobotEnv(gymnasium.Env):
             raise UserError(f"action contains NaN/inf; not sent to {self.command_topic}")
         a = np.clip(a, self.action_space.low, self.action_space.high)
 
-        from smiling_ros.ros.msgs import float64_array
-
         late_end = False
         with self._cv:
             if self._end is not None:  # the marker came after the previous step returned
                 late_end = True
             since = dict(self._counts)
         if not late_end:
-            self._pub.publish(float64_array(a))
+            if not self._out.send(a):
+                raise UserError(f"{self.command_topic}: {self._out.last_warning}")
             with self._cv:
                 if self.mode == "lockstep":
                     ok = self._wait(lambda: self._fresh(since) or self._end is not None, self.timeout_s)

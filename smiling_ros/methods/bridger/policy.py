@@ -18,7 +18,8 @@ Bad input: an observation of the wrong size or containing NaN/inf raises
 A non-finite action is never returned: if one were produced (it cannot be from finite weights
 and a finite observation short of overflow), ``act`` raises UserError instead.
 
-``steps`` may be changed at run time (``policy.steps = 2``).
+``steps`` may be changed at run time (``policy.steps = 2``). ``plan(obs)`` returns the whole
+chunk (chunk, act_dim) for a caller that times the actions itself (smiling_ros.control.stream).
 """
 from __future__ import annotations
 
@@ -147,6 +148,25 @@ class BridgerPolicy:
             self._queue, self._qi = plan, 1
             a = plan[:, 0]
         return a[0].copy() if single else a.copy()
+
+    def plan(self, obs: np.ndarray) -> np.ndarray:
+        """The whole chunk planned for one observation: (obs_dim,) -> (chunk, act_dim), robot units,
+        clamped; action k is for k policy steps after the observation. The observation enters the
+        window as with :meth:`act`; a chunk being executed by ``act`` is dropped."""
+        x = self._check_obs(obs)
+        if x.ndim != 1:
+            raise UserError(f"bridger policy: plan takes one observation ({self.obs_dim},), got {x.shape}")
+        xb = x[None]
+        on = self.obs_norm.normalize(xb).astype(np.float32)
+        hist_before = self._hist
+        cond = self._push(on)
+        try:
+            plan = self._plan(xb, cond)
+        except UserError:
+            self._hist = hist_before
+            raise
+        self._queue, self._qi = None, 0
+        return plan[0].copy()
 
     def _plan(self, obs: np.ndarray, cond: np.ndarray) -> np.ndarray:
         B = len(obs)

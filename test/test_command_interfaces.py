@@ -1,0 +1,194 @@
+"""Command interfaces over real DDS.
+
+A joint_trajectory_controller stand-in written here without the project's code (rclpy and the
+message packages only) sits between controller_node and sim_node: it takes the controller's
+JointTrajectory stream, checks every message as a JTC would need it (joint names and order,
+header stamp zero, strictly increasing time_from_start, first point in the future, finite values
+within the joint and velocity limits), follows the trajectory (linear interpolation from the
+current position at receipt, velocity feed-forward plus position feedback) and drives the
+simulated arm through its forward velocity command topic. The arm task must still succeed.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import yaml
+
+from conftest import requires_ros
+from test_controller_sim import clone_expert
+
+pytestmark = requires_ros
+
+JTC_TOPIC = "/joint_trajectory_controller/joint_trajectory"
+JOINTS = ["shoulder", "elbow"]
+JOINT_RANGE = np.array([[-2.8, 2.8], [-2.95, 2.95]])  # sim/arm_reach.xml
+MAX_VEL = 1.5  # rad/s for a forward command of 1.0 (the task's velocity servos)
+
+
+def trajectory_config(tmp_path, **controller) -> str:
+    from smiling_ros.config import resolve_config_path
+
+    data = yaml.safe_load(resolve_config_path("arm_reach").read_text())
+    data["command"] = {"interface": "joint_trajectory", "topic": JTC_TOPIC, "joints": JOINTS,
+                       "meaning": "velocity", "scale": [MAX_VEL, MAX_VEL]}
+    data["controller"].update(controller)
+    p = tmp_path / "arm_jtc.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+class IndependentJtc:
+    """Subscribes to a JointTrajectory topic, checks each message, follows it at 100 Hz."""
+
+    def __init__(self, ctx):
+        import rclpy
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.node = rclpy.create_node("independent_jtc", context=ctx)
+        qos_cmd = rclpy.qos.QoSProfile(depth=1, reliability=rclpy.qos.ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(JointTrajectory, JTC_TOPIC, self.on_trajectory, qos_cmd)
+        self.node.create_subscription(JointState, "/joint_states", self.on_joint_state,
+                                      rclpy.qos.qos_profile_sensor_data)
+        self.pub = self.node.create_publisher(Float64MultiArray, "/forward_command_controller/commands", qos_cmd)
+        self.Float64MultiArray = Float64MultiArray
+        self.lock = threading.Lock()
+        self.q = None
+        self.active = None  # (times [s, monotonic], positions (n+1, 2))
+        self.messages = 0
+        self.violations: list[str] = []
+        self.sent: list[np.ndarray] = []
+
+    def on_joint_state(self, msg):
+        idx = [list(msg.name).index(j) for j in JOINTS]
+        with self.lock:
+            self.q = np.array([msg.position[i] for i in idx])
+
+    def on_trajectory(self, msg):
+        now = time.monotonic()
+        bad = []
+        if list(msg.joint_names) != JOINTS:
+            bad.append(f"joint_names {list(msg.joint_names)}")
+        if msg.header.stamp.sec or msg.header.stamp.nanosec:
+            bad.append("header stamp not zero")
+        t = np.array([p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec for p in msg.points])
+        if len(t) == 0:
+            bad.append("no points")
+        elif t[0] <= 0:
+            bad.append(f"first point not in the future ({t[0]} s)")
+        if np.any(np.diff(t) <= 0):
+            bad.append(f"time_from_start not strictly increasing {t.tolist()}")
+        pos = np.array([list(p.positions) for p in msg.points], dtype=float)
+        vel = np.array([list(p.velocities) for p in msg.points], dtype=float)
+        if pos.shape != (len(t), 2) or not np.all(np.isfinite(pos)):
+            bad.append(f"positions {pos.tolist()}")
+        elif np.any(pos < JOINT_RANGE[:, 0]) or np.any(pos > JOINT_RANGE[:, 1]):
+            bad.append(f"position outside the joint range {pos.tolist()}")
+        if vel.size and (vel.shape != pos.shape or not np.all(np.isfinite(vel)) or np.any(np.abs(vel) > MAX_VEL + 1e-9)):
+            bad.append(f"velocities {vel.tolist()}")
+        with self.lock:
+            self.messages += 1
+            if bad:
+                self.violations.extend(bad)
+                return
+            if self.q is None:
+                return
+            self.active = (np.concatenate([[now], now + t]), np.vstack([self.q[None], pos]))
+
+    def follow(self):
+        """One control cycle: desired position and velocity from the trajectory, command to the arm."""
+        now = time.monotonic()
+        with self.lock:
+            active, q = self.active, self.q
+        if active is None or q is None:
+            return
+        ts, ps = active
+        if now >= ts[-1]:
+            p_des, v_ff = ps[-1], np.zeros(2)
+        else:
+            i = max(0, int(np.searchsorted(ts, now, side="right")) - 1)
+            w = (now - ts[i]) / (ts[i + 1] - ts[i])
+            p_des = ps[i] + w * (ps[i + 1] - ps[i])
+            v_ff = (ps[i + 1] - ps[i]) / (ts[i + 1] - ts[i])
+        v = v_ff + 5.0 * (p_des - q)
+        cmd = np.clip(v / MAX_VEL, -1.0, 1.0)
+        self.sent.append(cmd)
+        self.pub.publish(self.Float64MultiArray(data=cmd.tolist()))
+
+
+def run_arm(tmp_path, ros_env, controller_params, episodes=2):
+    """sim_node (forward velocity commands) + controller_node + the independent JTC in this process."""
+    import rclpy
+    from std_msgs.msg import String
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    jtc = IndependentJtc(ctx)
+    ends = []
+    jtc.node.create_subscription(
+        String, "/smiling_ros/episode", lambda m: ends.append(__import__("json").loads(m.data)),
+        rclpy.qos.QoSProfile(depth=10, reliability=rclpy.qos.ReliabilityPolicy.RELIABLE,
+                             durability=rclpy.qos.DurabilityPolicy.TRANSIENT_LOCAL))
+    executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
+    executor.add_node(jtc.node)
+    running = True
+
+    def spin():
+        while running:
+            executor.spin_once(timeout_sec=0.01)
+
+    def control():
+        nxt = time.monotonic()
+        while running:
+            jtc.follow()
+            nxt += 0.01
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    threads = [threading.Thread(target=spin, daemon=True), threading.Thread(target=control, daemon=True)]
+    for t in threads:
+        t.start()
+    logs = {k: open(tmp_path / f"{k}.log", "w") for k in ("sim", "ctl")}
+    ctl = subprocess.Popen([sys.executable, "-m", "smiling_ros.nodes.controller_node", "--ros-args",
+                            *sum((["-p", p] for p in controller_params), [])],
+                           env=ros_env, stdout=logs["ctl"], stderr=subprocess.STDOUT)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach",
+         "-p", "mode:=realtime", "-p", f"max_episodes:={episodes}", "-p", "wait_for_subscribers:=1",
+         "-p", "seed:=7"], env=ros_env, stdout=logs["sim"], stderr=subprocess.STDOUT)
+    try:
+        assert sim.wait(120) == 0, (tmp_path / "sim.log").read_text()
+        deadline = time.monotonic() + 5
+        while len([e for e in ends if e.get("event") == "end"]) < episodes and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ctl.send_signal(signal.SIGINT)
+        try:
+            ctl_rc = ctl.wait(15)
+        except subprocess.TimeoutExpired:
+            ctl.kill()
+            ctl_rc = None
+        running = False
+        for t in threads:
+            t.join(2)
+        jtc.node.destroy_node()
+        ctx.try_shutdown()
+    return jtc, [e for e in ends if e.get("event") == "end"], ctl_rc
+
+
+def test_independent_jtc_drives_the_arm_to_its_target(tmp_path, ros_env):
+    ckpt = tmp_path / "bc.safetensors"
+    clone_expert(ckpt)
+    cfg = trajectory_config(tmp_path)
+    jtc, done, ctl_rc = run_arm(tmp_path, ros_env, [f"config:={cfg}", f"checkpoint:={ckpt}", "watchdog_periods:=3"])
+    log = (tmp_path / "ctl.log").read_text()
+    assert jtc.violations == [], jtc.violations[:5]
+    assert jtc.messages > 100, (jtc.messages, log)
+    assert len(done) == 2 and all(e["steps"] == 100 for e in done), done
+    assert sum(e["success"] for e in done) >= 1, (done, log)
+    assert ctl_rc == 0 and "Traceback" not in log and "joint_trajectory" in log
