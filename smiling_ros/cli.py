@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 VERBS: dict[str, tuple[str, str]] = {
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     mod.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
-        seed = getattr(args, "seed", None)
-        if isinstance(seed, int) and seed < 0:
-            raise UserError(f"--seed: must be >= 0, got {seed}")
+        check_integers(args)
         return int(mod.run(args) or 0)
     except UserError as exc:
         print(f"smiling-ros {verb}: error: {exc}", file=sys.stderr)
@@ -87,6 +86,40 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"smiling-ros {verb}: interrupted", file=sys.stderr)
         return 130
+    # Last resort: errors that were not turned into a UserError where they happened are still one
+    # line (the place to fix is where the input enters; SMILING_ROS_TRACEBACK=1 shows the traceback).
+    except OSError as exc:
+        if os.environ.get("SMILING_ROS_TRACEBACK"):
+            raise
+        from smiling_ros.io.outputs import os_error
+
+        print(f"smiling-ros {verb}: error: {os_error(exc, exc.filename or '', 'read or write')}", file=sys.stderr)
+        return 2
+    except (MemoryError, RecursionError, OverflowError) as exc:
+        if os.environ.get("SMILING_ROS_TRACEBACK"):
+            raise
+        print(f"smiling-ros {verb}: error: input too large or too deeply nested ({type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:200]})", file=sys.stderr)
+        return 2
+
+
+SEED_RANGE = (0, 2**32)
+
+
+def check_integers(args: argparse.Namespace) -> None:
+    """Every integer option within the range it is used in: seeds in numpy's [0, 2^32), the
+    others in int64."""
+    from smiling_ros.errors import UserError
+
+    for name, value in vars(args).items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        flag = "--" + name.replace("_", "-")
+        lo, hi = SEED_RANGE if name == "seed" or name.endswith("_seed") else (-(2**63), 2**63)
+        if name == "seed" and value < 0:
+            raise UserError(f"--seed: must be >= 0, got {value}")
+        if not lo <= value < hi:
+            raise UserError(f"{flag}: must be >= {lo} and < {hi}, got {value}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-
-import yaml
 
 from smiling_ros.errors import UserError
 
@@ -69,6 +68,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        lo, hi = int_range(where)
+        if not lo <= value < hi:
+            raise UserError(f"{where}: must be >= {lo} and < {hi}, got {value}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -82,6 +84,66 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 T = typing.TypeVar("T")
+
+SEED_RANGE = (0, 2**32)  # numpy's and gymnasium's seeds
+INT_RANGE = (-(2**63), 2**63)  # any other integer: it must fit the int64 it becomes in numpy/torch
+
+
+def int_range(where: str) -> tuple[int, int]:
+    """The accepted [lo, hi) of the integer at ``where``: seeds (a key ``seed`` or ``*_seed``) take
+    numpy's range, every other integer int64's."""
+    key = where.replace(":", ".").rsplit(".", 1)[-1].strip()
+    return SEED_RANGE if key == "seed" or key.endswith("_seed") else INT_RANGE
+
+
+# --------------------------------------------------------------------------- ROS names
+TOPIC_MAX_LENGTH = 247  # rmw: RMW_TOPIC_MAX_NAME_LENGTH (255 minus the DDS prefix and suffix reserve)
+NODE_NAME_MAX_LENGTH = 255  # rmw: RMW_NODE_NAME_MAX_NAME_LENGTH
+
+
+def topic_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not a valid fully qualified ROS 2 topic name (rmw_validate_full_topic_name's
+    rules), or None: non-empty, starts with '/', does not end with '/', only letters, digits, '_'
+    and '/', no '//', no token starting with a digit, at most 247 characters."""
+    if not isinstance(name, str) or not name:
+        return "topic names must not be empty"
+    if not name.startswith("/"):
+        return "topic names must be absolute ('/...')"
+    if name.endswith("/"):
+        return "topic names must not end with '/'"
+    for i, c in enumerate(name):
+        if not (c.isascii() and (c.isalnum() or c in "_/")):
+            return f"character {c!r} at position {i} is not allowed (letters, digits, '_' and '/' only)"
+    if "//" in name:
+        return "topic names must not contain '//'"
+    for token in name.split("/")[1:]:
+        if token[:1].isdigit():
+            return f"token '{token}' must not start with a digit"
+    if len(name) > TOPIC_MAX_LENGTH:
+        return f"{len(name)} characters, more than the {TOPIC_MAX_LENGTH} allowed"
+    return None
+
+
+def node_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not a valid ROS 2 node name (rmw_validate_node_name's rules), or None."""
+    if not isinstance(name, str) or not name:
+        return "node names must not be empty"
+    for i, c in enumerate(name):
+        if not (c.isascii() and (c.isalnum() or c == "_")):
+            return f"character {c!r} at position {i} is not allowed (letters, digits and '_' only)"
+    if name[0].isdigit():
+        return "node names must not start with a digit"
+    if len(name) > NODE_NAME_MAX_LENGTH:
+        return f"{len(name)} characters, more than the {NODE_NAME_MAX_LENGTH} allowed"
+    return None
+
+
+def check_topic(name: str, where: str) -> str:
+    """``name`` if it is a valid absolute topic name, else a one-line error naming ``where``."""
+    problem = topic_name_problem(name)
+    if problem:
+        raise UserError(f"{where}: invalid topic name {name!r}: {problem}")
+    return name
 
 
 def at(where: str, name: str) -> str:
@@ -163,8 +225,7 @@ class FieldSpec:
     max_age_s: Optional[float] = None
 
     def validate(self, where: str) -> None:
-        if not self.topic.startswith("/"):
-            raise UserError(f"{where}.topic: topic names must be absolute ('/...'), got '{self.topic}'")
+        check_topic(self.topic, f"{where}.topic")
         if self.orientation not in ("quat", "euler"):
             raise UserError(f"{where}.orientation: 'quat' or 'euler', got '{self.orientation}'")
         if self.stamp not in STAMP_SOURCES:
@@ -195,9 +256,8 @@ class TopicsSection:
     policy: str = "/smiling_ros/policy"
 
     def validate(self, where: str) -> None:
-        for name, value in dataclasses.asdict(self).items():
-            if not value.startswith("/"):
-                raise UserError(f"{where}.{name}: topic names must be absolute ('/...'), got '{value}'")
+        for f in dataclasses.fields(self):
+            check_topic(getattr(self, f.name), at(where, f.name))
 
 
 @dataclass
@@ -237,6 +297,8 @@ class RecordSection:
     def validate(self, where: str) -> None:
         if self.storage not in ("mcap", "sqlite3"):
             raise UserError(f"{where}.storage: 'mcap' or 'sqlite3', got '{self.storage}'")
+        for i, topic in enumerate(self.extra_topics):
+            check_topic(topic, f"{at(where, 'extra_topics')}[{i}]")
 
 
 COMMAND_INTERFACES = ("forward", "joint_trajectory", "servo_twist")
@@ -270,8 +332,8 @@ class CommandSection:
     def validate(self, where: str) -> None:
         if self.interface not in COMMAND_INTERFACES:
             raise UserError(f"{where}.interface: one of {', '.join(COMMAND_INTERFACES)}, got '{self.interface}'")
-        if self.topic and not self.topic.startswith("/"):
-            raise UserError(f"{where}.topic: topic names must be absolute ('/...'), got '{self.topic}'")
+        if self.topic:
+            check_topic(self.topic, f"{where}.topic")
         if self.meaning not in ACTION_MEANINGS:
             raise UserError(f"{where}.meaning: one of {', '.join(m for m in ACTION_MEANINGS if m)}, "
                             f"got '{self.meaning}'")
@@ -306,6 +368,9 @@ class Config:
     controller: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     path: str = field(default="", metadata={"internal": True})  # file it was read from (set by load_config)
+    # True only for a file the user named (load_config): what a config embedded in a checkpoint or
+    # dataset names (e.g. a 'module:Env' id) is never imported.
+    trusted: bool = field(default=False, metadata={"internal": True})
 
     def validate(self, where: str) -> None:
         positive(self.rate_hz, where, "rate_hz")
@@ -326,6 +391,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["import"] = d.pop("import_")
         d.pop("path", None)
+        d.pop("trusted", None)
         return d
 
 
@@ -336,7 +402,7 @@ def config_from_dict(data: Any, where: str = "config") -> Config:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a YAML mapping at top level, got {type(data).__name__}")
     data = dict(data)
-    for internal in ("import_", "path"):
+    for internal in ("import_", "path", "trusted"):
         if internal in data:
             known = ", ".join(sorted(f.name.rstrip("_") for f in dataclasses.fields(Config)
                                      if not f.metadata.get("internal")))
@@ -350,26 +416,28 @@ def config_from_dict(data: Any, where: str = "config") -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and check a config file. Names shipped with the package (``arm_reach``) also resolve."""
+    from smiling_ros.io.inputs import parse_yaml, read_bytes
+
     p = resolve_config_path(path)
+    data = read_bytes(p, "config", MAX_CONFIG_BYTES)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{p}: not valid YAML (not UTF-8 text: byte {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{p}: not valid YAML{line}") from None
-    return config_from_dict(data, str(p))
+    cfg = config_from_dict(parse_yaml(text, str(p), max_bytes=MAX_CONFIG_BYTES), str(p))
+    cfg.trusted = True
+    return cfg
+
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 def resolve_config_path(path: str | Path) -> Path:
     """A path as given, or the name of a config shipped in config/ (with or without .yaml)."""
+    if str(path) == "":
+        raise UserError("--config: empty path")
     p = Path(path)
-    if p.exists():
+    if os.path.lexists(p):
         return p
     from smiling_ros.paths import share_dir
 

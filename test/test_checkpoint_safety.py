@@ -33,7 +33,7 @@ def make_policy(tmp_path, name="pol", task="smiling_ros/ArmReach-v0", obs_dim=OB
     pol = MlpPolicy(MlpActor(obs_dim, ACT, [8, 8]), Normalizer(np.arange(obs_dim, dtype=np.float32),
                                                                np.ones(obs_dim, np.float32)),
                     -np.ones(ACT), np.ones(ACT), {"task": task})
-    return pol.save(tmp_path / name)
+    return pol.save(tmp_path / f"{name}.safetensors")
 
 
 def one_line_error(fn, *args, **kw) -> str:
@@ -284,15 +284,17 @@ META_EDITS = {
 
 @pytest.mark.parametrize("case", sorted(META_EDITS))
 def test_edited_metadata_is_refused_even_without_integrity_record(tmp_path, case):
-    """Files without the integrity record (older, or stripped) still get checked by the loader."""
+    """Files without the integrity record (older, or stripped) are refused by default; loaded with
+    require_integrity=False they still get checked by the loader."""
     path = make_policy(tmp_path)
     strip_integrity(path)
-    load_policy(path, device="cpu")  # still loads untouched
+    assert "without an integrity record" in one_line_error(load_policy, path, device="cpu")
+    load_policy(path, device="cpu", require_integrity=False)  # still loads untouched
     changes, words = META_EDITS[case]
     h, data = split(path)
     path.write_bytes(join(edit_meta(h, **changes), data))
     dims = {} if case.endswith("_no_dims_asked") else {"obs_dim": OBS, "act_dim": ACT}
-    msg = one_line_error(load_policy, path, device="cpu", **dims)
+    msg = one_line_error(load_policy, path, device="cpu", require_integrity=False, **dims)
     assert str(path) in msg and words in msg, msg
 
 
@@ -301,7 +303,7 @@ def test_tensor_set_checked_by_the_loader_without_integrity_record(tmp_path, tam
     path = make_policy(tmp_path)
     strip_integrity(path)
     tamper(path)
-    msg = one_line_error(load_policy, path, device="cpu")
+    msg = one_line_error(load_policy, path, device="cpu", require_integrity=False)
     assert "inconsistent mlp_policy checkpoint" in msg
 
 
@@ -373,14 +375,14 @@ def test_sidecar_json_is_never_trusted(tmp_path):
 def test_exception_inside_save_keeps_previous(tmp_path, monkeypatch):
     import safetensors.torch
 
-    path = save_checkpoint(tmp_path / "ck", {"w": torch.ones(1000)}, {"kind": "test", "k": 1})
+    path = save_checkpoint(tmp_path / "ck.safetensors", {"w": torch.ones(1000)}, {"kind": "test", "k": 1})
 
     def dies_halfway(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x50" * 100)  # a partial file, then the disk fills up
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", dies_halfway)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="ck.safetensors: cannot write .no space left on device."):
         save_checkpoint(path, {"w": torch.full((1000,), 2.0)}, {"kind": "test", "k": 2})
     ck = load_checkpoint(path)
     assert ck.meta["k"] == 1 and torch.equal(ck.tensors["w"], torch.ones(1000))
@@ -392,7 +394,7 @@ def test_sigkill_during_save_leaves_a_readable_checkpoint(tmp_path):
     """A child saves ever-new versions in a loop and is SIGKILLed at random moments: after every kill
     the checkpoint loads, its tensors match its own metadata, and the sidecar is the same or one older."""
     n = 2_000_000  # 8 MB: a save takes long enough to be interrupted mid-write
-    path = save_checkpoint(tmp_path / "ck", {"w": torch.zeros(n)}, {"kind": "test", "k": 0})
+    path = save_checkpoint(tmp_path / "ck.safetensors", {"w": torch.zeros(n)}, {"kind": "test", "k": 0})
     rng = random.Random(0)
     mid_write, seen = 0, set()
     for it in range(12):

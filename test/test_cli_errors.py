@@ -376,7 +376,7 @@ def test_failing_dataset_save_keeps_previous(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="ds: cannot write dataset .no space left on device."):
         good_dataset(out, n_eps=3)
     assert snapshot(tmp_path) == before  # previous dataset intact, no temporary directory left
     assert Dataset.load(out).num_episodes == 2
@@ -433,7 +433,7 @@ def test_save_failing_between_the_renames_puts_the_previous_back(tmp_path, monke
         return real(src, dst)
 
     monkeypatch.setattr(dataset_mod.os, "replace", second_fails)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="Input/output error"):
         good_dataset(out, n_eps=3)
     monkeypatch.setattr(dataset_mod.os, "replace", real)
     assert Dataset.load(out).num_episodes == 2

@@ -28,6 +28,8 @@ import torch
 from smiling_ros.errors import UserError
 
 FORMAT = "smiling_ros.data.dataset/1"
+DATASET_FILES = ("meta.json", "data.safetensors")
+MAX_META_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -155,8 +157,20 @@ class Dataset:
         """Write atomically: into a temporary sibling directory, then rename into place."""
         from safetensors.numpy import save_file
 
+        from smiling_ros.io.outputs import os_errors
+
         out = Path(directory)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_symlink():
+            raise UserError(f"{out}: is a symbolic link; refusing to replace it (name the real directory)")
+        if out.exists():
+            if not out.is_dir():
+                raise UserError(f"{out}: exists and is not a directory; refusing to replace it with a dataset")
+            foreign = sorted(p.name for p in out.iterdir() if p.name not in DATASET_FILES)
+            if foreign:
+                raise UserError(f"{out}: holds files that are not part of a dataset ({', '.join(foreign[:3])}); "
+                                "a dataset replaces its directory as a whole: choose another output")
+        with os_errors("create directory", out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta)
         meta.update(
             format=FORMAT,
@@ -177,13 +191,15 @@ class Dataset:
             tensors["reward"] = np.asarray(self.reward, np.float32)
         from smiling_ros.learn.checkpoint import public_mode
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        os.chmod(tmp, public_mode(directory=True))
+        with os_errors("write", out):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         old = out.with_name(f".{out.name}.old")
         try:
+            os.chmod(tmp, public_mode(directory=True))
             save_file(tensors, str(tmp / "data.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            for name in ("data.safetensors", "meta.json"):  # on disk before the rename makes them current
+            for name in ("data.safetensors", "meta.json"):  # on disk, with a checkpoint's mode, before the rename
+                os.chmod(tmp / name, public_mode())
                 fd = os.open(tmp / name, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -193,10 +209,14 @@ class Dataset:
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(out, old)
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if old.exists() and not out.exists():  # failed between the two renames: put the previous back
                 os.replace(old, out)
+            if isinstance(exc, OSError):
+                from smiling_ros.io.outputs import os_error
+
+                raise os_error(exc, out, "write dataset") from None
             raise
         shutil.rmtree(old, ignore_errors=True)  # also a stale one from a save killed between the renames
         self.meta = meta
@@ -209,8 +229,14 @@ class Dataset:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
+        from smiling_ros.io.inputs import check_file, describe_mode, read_bytes
+
         d = Path(directory)
+        if str(directory) == "":
+            raise UserError("dataset: empty path")
         if not d.is_dir():
+            if d.exists() and not d.is_file():
+                raise UserError(f"{d}: is {describe_mode(d.stat().st_mode)}, not a dataset directory")
             if d.exists():
                 raise UserError(f"{d}: is a file, not a dataset directory (datasets are directories made by "
                                 "'smiling-ros import-bag' or 'rollout')")
@@ -219,19 +245,19 @@ class Dataset:
                 raise UserError(f"{d}: dataset directory not found (a save was interrupted; the previous "
                                 f"version is in {old}: rename it back)")
             raise UserError(f"{d}: dataset directory not found")
-        try:
-            meta = json.loads((d / "meta.json").read_text())
-        except FileNotFoundError:
-            raise UserError(f"{d}: not a dataset (no meta.json; make one with 'smiling-ros import-bag')") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{d / 'meta.json'}: corrupt JSON ({exc.msg})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{d / 'meta.json'}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+        if not os.path.lexists(d / "meta.json"):
+            raise UserError(f"{d}: not a dataset (no meta.json; make one with 'smiling-ros import-bag')")
+        from smiling_ros.io.inputs import parse_json
+
+        meta = parse_json(read_bytes(d / "meta.json", "dataset metadata", MAX_META_BYTES), str(d / "meta.json"))
         if not isinstance(meta, dict):
             raise UserError(f"{d / 'meta.json'}: expected a JSON object, got {type(meta).__name__}")
         if meta.get("format") != FORMAT:
             raise UserError(f"{d}: unsupported dataset format {meta.get('format')!r} (expected {FORMAT})")
         data = d / "data.safetensors"
+        if not os.path.lexists(data):
+            raise UserError(f"{d}: data.safetensors missing")
+        check_file(data, "dataset file")
         try:
             t = load_file(str(data))
         except FileNotFoundError:

@@ -44,17 +44,29 @@ __all__ = [
 ]
 
 
+def check_env_id(env_id: str, where: str = "task.env") -> None:
+    """Refuse an environment id that would make Gymnasium import code: ``module:Env`` ids, and ids not
+    registered (Gymnasium then imports a namespace's module to find them). Used for ids read from
+    files the user did not name (a checkpoint's or dataset's embedded config)."""
+    if not isinstance(env_id, str) or ":" in env_id or env_id not in gymnasium.registry:
+        raise UserError(f"{where}: environment '{env_id}' is not a registered Gymnasium id; an id read from a "
+                        "checkpoint or dataset is never imported (name the task in your own --config)")
+
+
 def make_env(env_id: str, seed: Optional[int] = None, max_episode_steps: Optional[int] = None,
-             **kwargs: Any) -> gymnasium.Env:
+             allow_import: bool = True, **kwargs: Any) -> gymnasium.Env:
     """A Gymnasium env by id (the own task or any Gymnasium/MuJoCo id), with its TimeLimit.
 
     ``seed``: when given, the env is reset once with it (and its action space seeded), so later
     ``reset()`` calls continue a reproducible sequence. ``max_episode_steps`` overrides the
     registered horizon. ``kwargs`` go to the env's constructor. Unknown ids and bad keyword
-    arguments raise :class:`UserError`.
+    arguments raise :class:`UserError`. ``allow_import=False`` (an id from an untrusted file) accepts
+    registered ids only (see :func:`check_env_id`).
     """
     if not env_id:
         raise UserError("no environment id given (task.env is empty)")
+    if not allow_import:
+        check_env_id(env_id)
     extra = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
     try:
         env = gymnasium.make(env_id, **extra, **kwargs)
@@ -76,8 +88,11 @@ def make_env_from_config(cfg, seed: Optional[int] = None) -> gymnasium.Env:
     ``cfg.seed``."""
     if not cfg.task.env:
         raise UserError(f"{cfg.path or 'config'}: task.env is empty (this config describes a robot without a simulator)")
+    if not getattr(cfg, "trusted", False):
+        check_env_id(cfg.task.env, f"{cfg.path or 'config'}: task.env")
     return make_env(cfg.task.env, seed=cfg.seed if seed is None else seed,
-                    max_episode_steps=cfg.task.max_episode_steps, **dict(cfg.task.env_kwargs))
+                    max_episode_steps=cfg.task.max_episode_steps, allow_import=getattr(cfg, "trusted", False),
+                    **dict(cfg.task.env_kwargs))
 
 
 def is_arm_reach(env: gymnasium.Env) -> bool:

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +29,9 @@ from typing import Any, Optional
 import torch
 
 from smiling_ros.errors import UserError
+from smiling_ros.io.inputs import MAX_DEPTH, check_file, describe_mode, parse_json
+from smiling_ros.io.outputs import atomic_path, os_errors, public_mode, sibling  # noqa: F401 - public_mode re-exported
+from smiling_ros.io.outputs import atomic_write_text as _atomic_write_text
 
 FORMAT = "smiling_ros.learn.checkpoint/1"
 _META_KEY = "smiling_ros"
@@ -88,47 +91,63 @@ def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tens
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically."""
+    """Write the checkpoint :func:`checkpoint_path` (``path``) and its JSON sidecar
+    (``sibling(path, ".json")``: ``a.safetensors`` -> ``a.json``, ``a.v2`` -> ``a.v2.json``), each
+    atomically with normal file permissions. OS errors are one-line :class:`UserError` s naming the file."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path.with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(path)
+    with os_errors("create directory", path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "versions": versions(), **meta}
     doc = json.dumps(meta, default=_json_default)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     integrity = json.dumps(_integrity(flat))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata={_META_KEY: doc, _INTEGRITY_KEY: integrity})
-        os.chmod(tmp, public_mode())
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, default=_json_default))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={_META_KEY: doc, _INTEGRITY_KEY: integrity})
+    atomic_write_text(sidecar(path), json.dumps(meta, indent=1, default=_json_default))
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+def checkpoint_path(path: str | Path) -> Path:
+    """The file a checkpoint named ``path`` is written to: ``path`` itself when its name has a
+    suffix (``a.safetensors``, ``model.v2``: never changed), else ``path`` + ``.safetensors``."""
+    p = Path(path)
+    return p if p.suffix else p.with_name(p.name + ".safetensors")
+
+
+def sidecar(path: str | Path) -> Path:
+    """The ``.json`` written beside a checkpoint (for people and tools; loading never reads it)."""
+    return sibling(path, ".json")
+
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", require_integrity: bool = False) -> Checkpoint:
     """Read a checkpoint without executing anything from it; clear one-line errors otherwise.
 
-    ``path`` is the ``.safetensors`` file, the same path without suffix or with the sidecar's
+    ``path`` is the checkpoint file, the same path without ``.safetensors`` or with the sidecar's
     ``.json`` suffix, or a run directory (its ``policy.safetensors``, else its only checkpoint).
-    Refused, each with one line naming the file: pickle / ``torch.save`` files (never unpickled),
-    anything that is not a complete safetensors file, missing or corrupt smiling_ros metadata,
-    tensors that differ from the integrity record, and NaN/inf weights.
+    Refused, each with one line naming the file: anything but a regular file (a FIFO or device is
+    never opened), pickle / ``torch.save`` files (never unpickled), anything that is not a complete
+    safetensors file, a header or metadata that is oversized or nested too deeply, missing or
+    corrupt smiling_ros metadata, tensors that differ from the integrity record, NaN/inf weights;
+    with ``require_integrity`` (checkpoints that drive a robot or an evaluation) also a file
+    without the integrity record.
     """
     from safetensors import SafetensorError, safe_open
 
     path = _resolve(Path(path))
+    st = check_file(path, "checkpoint")
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UserError(f"{path}: is {describe_mode(os.fstat(fd).st_mode)}, not a checkpoint file")
+            head = os.read(fd, 16)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UserError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
     # A safetensors file starts with an 8-byte header length, then its JSON header ('{'); the length's
@@ -141,6 +160,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         if not head:
             raise UserError(f"{path}: empty file, not a checkpoint")
         raise UserError(f"{path}: not a safetensors checkpoint (no safetensors header)")
+    header_len = int.from_bytes(head[:8], "little")
+    if header_len > min(MAX_HEADER_BYTES, st.st_size - 8):
+        raise UserError(f"{path}: not a readable safetensors checkpoint (header of {header_len} bytes in a file of "
+                        f"{st.st_size})")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
@@ -150,9 +173,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if _META_KEY not in header:
         raise UserError(f"{path}: safetensors file without smiling_ros metadata (not a smiling_ros checkpoint)")
     try:
-        meta = json.loads(header[_META_KEY])
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: corrupt checkpoint metadata (JSON: {exc.msg} at character {exc.pos})") from None
+        meta = parse_json(header[_META_KEY], f"{path}: checkpoint metadata", MAX_DEPTH)
+    except UserError as exc:
+        raise UserError(str(exc).replace(": checkpoint metadata: ", ": corrupt checkpoint metadata: ", 1)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UserError(f"{path}: unsupported checkpoint format {found!r} (expected {FORMAT})")
@@ -160,6 +183,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise UserError(f"{path}: corrupt checkpoint metadata ('kind' is not a string)")
     if _INTEGRITY_KEY in header:
         _verify(path, tensors, header[_INTEGRITY_KEY])
+    elif require_integrity:
+        raise UserError(f"{path}: checkpoint without an integrity record (written by an old version or edited); "
+                        "refusing to deploy or evaluate it unverified (retrain, or re-save it with this version)")
     for k, v in tensors.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise UserError(f"{path}: tensor '{k}' contains NaN or inf")
@@ -168,26 +194,53 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(tensors, meta, path)
 
 
+def load_module(ckpt: Checkpoint, prefix: str, factory, what: str = "") -> torch.nn.Module:
+    """Build ``factory()`` (a module whose architecture comes from checkpoint metadata) and load the
+    tensors under ``prefix`` into it, checking first, without allocating anything, that the
+    architecture matches the tensors: the module is built on the ``meta`` device and its parameter
+    names and shapes are compared with the checkpoint's. A metadata that declares a huge layer
+    is refused before any memory is used."""
+    name = f"inconsistent {ckpt.kind or what or 'checkpoint'} checkpoint ({what or prefix})"
+    with torch.device("meta"):
+        probe = factory()
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in ckpt.sub(prefix).items()}
+    del probe
+    for k in sorted(set(want) | set(have)):
+        if k not in have:
+            raise UserError(f"{ckpt.path}: {name}: tensor '{prefix}.{k}' is missing (metadata and weights disagree)")
+        if k not in want:
+            raise UserError(f"{ckpt.path}: {name}: unexpected tensor '{prefix}.{k}' (metadata and weights disagree)")
+        if want[k] != have[k]:
+            raise UserError(f"{ckpt.path}: {name}: tensor '{prefix}.{k}' has shape {list(have[k])} but the "
+                            f"metadata's architecture needs {list(want[k])}")
+    module = factory()
+    module.load_state_dict(ckpt.sub(prefix))
+    return module
+
+
 def _resolve(path: Path) -> Path:
     """The checkpoint file a user means by ``path`` (see :func:`load_checkpoint`)."""
+    if str(path) == "":
+        raise UserError("checkpoint: empty path")
     if path.is_dir():
         best = path / "policy.safetensors"
-        if best.is_file():
+        if os.path.lexists(best):
             return best
-        cands = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+        cands = sorted(p for p in path.glob("*.safetensors") if os.path.lexists(p))
         if len(cands) == 1:
             return cands[0]
         if not cands:
             raise UserError(f"{path}: directory holds no .safetensors checkpoint")
         raise UserError(f"{path}: directory holds several checkpoints ({', '.join(p.name for p in cands[:5])}); "
                         "name one")
-    if not path.exists():
+    if not os.path.lexists(path):
         for alt in (path.with_name(path.name + ".safetensors"),
                     path.with_suffix(".safetensors") if path.suffix == ".json" else None):
-            if alt is not None and alt.is_file():
+            if alt is not None and os.path.lexists(alt):
                 return alt
         raise UserError(f"{path}: checkpoint not found")
-    if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():
+    if path.suffix == ".json" and os.path.lexists(path.with_suffix(".safetensors")):
         return path.with_suffix(".safetensors")  # the sidecar names its checkpoint; its content is not used
     return path
 
@@ -218,9 +271,9 @@ def _integrity(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def _verify(path: Path, tensors: dict[str, torch.Tensor], record: str) -> None:
     try:
-        want = json.loads(record)
+        want = parse_json(record, f"{path}: checkpoint integrity record", MAX_DEPTH)
         manifest, digest = dict(want["tensors"]), str(want["sha256"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: corrupt checkpoint integrity record") from None
     extra = sorted(set(tensors) - set(manifest))
     missing = sorted(set(manifest) - set(tensors))
@@ -249,40 +302,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def public_mode(directory: bool = False) -> int:
-    """Permissions of a normal new file (or directory) under the process umask; temporary files
-    from ``tempfile`` are private (0600/0700), which would hide outputs from other users (e.g. a
-    node running as another user)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, public_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file (logs summaries, JSON results) atomically."""
+    """Write a text file (logs, summaries, JSON results) atomically, creating its directory."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    with os_errors("create directory", p.parent):
+        p.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(p, text)

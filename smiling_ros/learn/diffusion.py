@@ -20,8 +20,8 @@ class NoiseSchedule(nn.Module):
 
     def __init__(self, T: int = 1000, kind: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02):
         super().__init__()
-        if T < 1:
-            raise UserError(f"diffusion: T must be >= 1, got {T}")
+        if not 1 <= T <= 1_000_000:
+            raise UserError(f"diffusion: T must be in [1, 1000000], got {T}")
         if kind == "linear":
             betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         elif kind == "cosine":
@@ -71,6 +71,8 @@ class ScoreNet(nn.Module):
 
     def __init__(self, x_dim: int, cond_dim: int = 0, hidden: int = 256, layers: int = 1, time_dim: int = 16):
         super().__init__()
+        if not 0 <= layers <= 1000:
+            raise ValueError(f"ScoreNet: {layers} layers is not a plausible network")
         self.x_dim, self.cond_dim, self.hidden, self.layers, self.time_dim = x_dim, cond_dim, hidden, layers, time_dim
         self.time = TimeEmbedding(time_dim, 2 * time_dim)
         dims = [x_dim + time_dim + cond_dim] + [hidden] * layers

@@ -20,7 +20,7 @@ from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import Checkpoint, load_checkpoint, module_tensors, save_checkpoint
+from smiling_ros.learn.checkpoint import Checkpoint, load_checkpoint, load_module, module_tensors, save_checkpoint
 from smiling_ros.learn.device import select_device
 
 
@@ -51,6 +51,8 @@ _ACTIVATIONS = {"relu": nn.ReLU, "mish": nn.Mish, "elu": nn.ELU, "tanh": nn.Tanh
 def mlp(sizes: list[int], activation: str = "relu", out_activation: Optional[nn.Module] = None) -> nn.Sequential:
     """Linear layers of ``sizes`` with ``activation`` between them."""
     act = _ACTIVATIONS[activation]
+    if len(sizes) > 1000:
+        raise ValueError(f"{len(sizes)} layer sizes: not a plausible network")
     mods: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         mods.append(nn.Linear(a, b))
@@ -138,17 +140,18 @@ class MlpPolicy:
             obs_dim, act_dim, hidden = int(m["obs_dim"]), int(m["act_dim"]), [int(h) for h in m["hidden"]]
             w_in = ckpt.tensors["actor.latent.0.weight" if hidden else "actor.mu.weight"]
             w_out = ckpt.tensors["actor.mu.weight"]
+            if len(hidden) > len(ckpt.tensors):
+                raise ValueError(f"metadata lists {len(hidden)} hidden layers, the file holds {len(ckpt.tensors)} tensors")
             if tuple(w_in.shape[1:]) != (obs_dim,) or w_out.shape[0] != act_dim:
                 raise ValueError(f"metadata says obs_dim {obs_dim}, act_dim {act_dim} but the weights are for "
                                  f"obs_dim {w_in.shape[-1]}, act_dim {w_out.shape[0]}")
             if m.get("activation", "relu") not in _ACTIVATIONS:
                 raise ValueError(f"unknown activation {m.get('activation')!r}")
-            actor = MlpActor(obs_dim, act_dim, hidden, m.get("activation", "relu"))
-            sd = ckpt.sub("actor")
-            extra = sorted(set(ckpt.tensors) - {f"actor.{k}" for k in actor.state_dict()})
+            extra = sorted(k for k in ckpt.tensors if not k.startswith("actor."))
             if extra:
                 raise ValueError(f"unexpected tensor '{extra[0]}'")
-            actor.load_state_dict(sd)
+            actor = load_module(ckpt, "actor", lambda: MlpActor(obs_dim, act_dim, hidden, m.get("activation", "relu")),
+                                "mlp_policy")
             norm = Normalizer.from_dict(m["obs_norm"])
             low, high = np.asarray(m["action_low"], np.float64), np.asarray(m["action_high"], np.float64)
             if norm.mean.shape != (obs_dim,) or norm.std.shape != (obs_dim,):
@@ -176,10 +179,11 @@ POLICY_LOADERS: dict[str, str] = {
 
 
 def load_policy(path, device: str | torch.device = "auto", obs_dim: Optional[int] = None,
-                act_dim: Optional[int] = None) -> Policy:
-    """Load any policy checkpoint; refuses other kinds and mismatched dimensions."""
+                act_dim: Optional[int] = None, require_integrity: bool = True) -> Policy:
+    """Load any policy checkpoint; refuses other kinds, mismatched dimensions and (unless
+    ``require_integrity`` is False) files without the integrity record."""
     dev = select_device(device) if isinstance(device, str) else device
-    ckpt = load_checkpoint(path, device="cpu")
+    ckpt = load_checkpoint(path, device="cpu", require_integrity=require_integrity)
     ckpt.require(tuple(POLICY_LOADERS), obs_dim=obs_dim, act_dim=act_dim)
     target = POLICY_LOADERS[ckpt.kind]
     mod, _, attr = target.partition(":")

@@ -30,7 +30,7 @@ import torch
 
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import Checkpoint, module_tensors, save_checkpoint
+from smiling_ros.learn.checkpoint import Checkpoint, load_module, module_tensors, save_checkpoint
 from smiling_ros.methods.bridger.interpolants import Interpolant
 from smiling_ros.methods.bridger.nets import BridgerNet, NumpyForward, build_net
 from smiling_ros.methods.bridger.sampler import Grid, make_grid, sample_numpy, sample_torch
@@ -235,8 +235,7 @@ class BridgerPolicy:
     def from_checkpoint(cls, ckpt: Checkpoint, device: str | torch.device = "cpu") -> "BridgerPolicy":
         m = ckpt.meta
         try:
-            net = build_net(m["net"])
-            net.load_state_dict(ckpt.sub("net"))
+            net = load_module(ckpt, "net", lambda: build_net(m["net"]), "bridger net")
             act_norm = Normalizer.from_dict(m["act_norm"])
             source = source_from_checkpoint(ckpt, act_norm, device)
             return cls(net, Interpolant.from_dict(m["interpolant"]), source, Normalizer.from_dict(m["obs_norm"]),

@@ -28,7 +28,7 @@ from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import Checkpoint, module_tensors, save_checkpoint
+from smiling_ros.learn.checkpoint import Checkpoint, load_module, module_tensors, save_checkpoint
 from smiling_ros.methods.bridger.nets import NumpyMLP
 
 # Heuristic controllers a checkpoint may name: name -> "module:class" (constructed without arguments).
@@ -231,8 +231,8 @@ class CvaePolicy:
         m = ckpt.meta
         try:
             hp = m["cvae"]
-            cvae = CVAE(int(hp["obs_dim"]), int(hp["act_dim"]), list(hp["hidden"]), int(hp["latent"]))
-            cvae.load_state_dict(ckpt.sub("cvae"))
+            cvae = load_module(ckpt, "cvae", lambda: CVAE(int(hp["obs_dim"]), int(hp["act_dim"]), list(hp["hidden"]),
+                                                          int(hp["latent"])), "cvae")
             return cls(cvae, Normalizer.from_dict(m["obs_norm"]), Normalizer.from_dict(m["act_norm"]), m, device)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise UserError(f"{ckpt.path}: inconsistent cvae checkpoint ({str(exc).splitlines()[0]})") from None

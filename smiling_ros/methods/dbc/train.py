@@ -37,7 +37,7 @@ from tqdm import tqdm
 from smiling_ros.config import positive
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import load_checkpoint, module_tensors, save_checkpoint
+from smiling_ros.learn.checkpoint import load_checkpoint, load_module, module_tensors, save_checkpoint
 from smiling_ros.learn.common import TrainLog, batches, seed_everything
 from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, denoising_loss, per_sample_denoising_error
 from smiling_ros.learn.policy import MlpActor, MlpPolicy
@@ -101,8 +101,7 @@ class JointDiffusion:
         ck = load_checkpoint(path).require("dbc_diffusion", obs_dim=obs_dim, act_dim=act_dim)
         m = ck.meta
         try:
-            net = ScoreNet(**m["net"])
-            net.load_state_dict(ck.sub("net"))
+            net = load_module(ck, "net", lambda: ScoreNet(**m["net"]), "dbc diffusion net")
             return cls(net, NoiseSchedule(int(m["T"]), m["schedule"]), Normalizer.from_dict(m["norm"]), obs_dim, act_dim)
         except (KeyError, RuntimeError, TypeError) as exc:
             raise UserError(f"{path}: inconsistent dbc_diffusion checkpoint ({str(exc).splitlines()[0]})") from None

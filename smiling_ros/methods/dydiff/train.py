@@ -38,7 +38,7 @@ from tqdm import tqdm
 from smiling_ros.config import positive
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import Checkpoint, load_checkpoint, module_tensors, save_checkpoint
+from smiling_ros.learn.checkpoint import Checkpoint, load_checkpoint, load_module, module_tensors, save_checkpoint
 from smiling_ros.learn.common import TrainLog, batches, seed_everything
 from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, ddpm_sample, denoising_loss, per_sample_denoising_error
 from smiling_ros.learn.policy import mlp
@@ -472,17 +472,14 @@ class WorldModel:
             from smiling_ros.config import build
 
             cfg = build(DyDiffConfig, m["dydiff"], f"{ck.path}: dydiff")
-            net = ScoreNet(**m["window_net"])
-            net.load_state_dict(ck.sub("window"))
-            ens = DynamicsEnsemble(**m["ensemble"])
-            ens.load_state_dict(ck.sub("ensemble"))
+            net = load_module(ck, "window", lambda: ScoreNet(**m["window_net"]), "window model")
+            ens = load_module(ck, "ensemble", lambda: DynamicsEnsemble(**m["ensemble"]), "dynamics ensemble")
             ens.load_norms(m["ensemble_norms"])
-            rew = RewardModel.from_hparams(m["reward_model"])
-            rew.load_state_dict(ck.sub("reward"))
+            rew = load_module(ck, "reward", lambda: RewardModel.from_hparams(m["reward_model"]), "reward model")
             term = None
             if m.get("termination"):
-                term = TerminationModel.from_hparams(m["termination"])
-                term.load_state_dict(ck.sub("termination"))
+                term = load_module(ck, "termination", lambda: TerminationModel.from_hparams(m["termination"]),
+                                   "termination model")
             return cls(net, make_schedule(int(m["T"]), m["schedule"]), ens, rew, Normalizer.from_dict(m["obs_norm"]),
                        Normalizer.from_dict(m["act_norm"]), Normalizer.from_dict(m["win_norm"]), int(m["horizon"]),
                        np.asarray(m["action_low"]), np.asarray(m["action_high"]), ck.tensors["start_states"].numpy(),
