@@ -262,14 +262,43 @@ class TopicsSection:
 
 @dataclass
 class ImportSection:
-    """How import-bag turns a bag into episodes."""
+    """How import-bag turns a bag into episodes (rules in order of preference: markers, command
+    silence, idle, gaps; see smiling_ros/data/episodes.py).
 
-    gap_s: float = 0.5  # a gap in the state stream longer than this starts a new episode
-    min_episode_steps: int = 2  # shorter fragments are dropped (and reported)
-    max_abs: float = 1e9  # a value beyond +-max_abs is treated as corrupt (float32 keeps ~7 digits)
+    gap_s: a gap in the state stream longer than this [s] ends an episode (always applies).
+    command_silence_s: no action message for longer than this [s] (and 5 median command periods)
+    while the state stream goes on separates takes; 0 turns the rule off.
+    idle_joints: joints whose speed tells whether the robot rests (empty: idle rule off);
+    idle_topic: their JointState topic (empty: ``topics.joint_states``); idle_velocity: the speed
+    below which a joint rests [rad/s or m/s; from ``velocity``, else from position differences];
+    idle_s: how long all of them must rest to separate takes [s].
+    max_episode_s: an episode longer than this [s] gets a warning (None: only when it is much
+    longer than the others).
+    min_episode_steps: shorter fragments are dropped (and reported).
+    max_abs: a value beyond +-max_abs is treated as corrupt (float32 keeps ~7 digits).
+    """
+
+    gap_s: float = 0.5
+    command_silence_s: float = 0.5
+    idle_joints: list[str] = field(default_factory=list)
+    idle_topic: str = ""
+    idle_velocity: float = 0.01
+    idle_s: float = 1.0
+    max_episode_s: Optional[float] = None
+    min_episode_steps: int = 2
+    max_abs: float = 1e9
 
     def validate(self, where: str) -> None:
         positive(self.gap_s, where, "gap_s")
+        positive(self.command_silence_s, where, "command_silence_s", allow_zero=True)
+        positive(self.idle_velocity, where, "idle_velocity")
+        positive(self.idle_s, where, "idle_s")
+        if self.max_episode_s is not None:
+            positive(self.max_episode_s, where, "max_episode_s")
+        if self.idle_topic:
+            check_topic(self.idle_topic, at(where, "idle_topic"))
+        if len(set(self.idle_joints)) != len(self.idle_joints):
+            raise UserError(f"{at(where, 'idle_joints')}: a joint is listed twice")
         positive(self.min_episode_steps, where, "min_episode_steps")
         positive(self.max_abs, where, "max_abs")
 
@@ -291,14 +320,34 @@ class LimitsSection:
 
 @dataclass
 class RecordSection:
+    """Recording demonstrations (recorder_node; import-bag reads the joystick keys too).
+
+    storage: ``mcap`` or ``sqlite3``. extra_topics: more topics to record.
+    joy_topic: a sensor_msgs/Joy topic whose button marks takes (empty: none): ``joy_button``
+    starts a take and, pressed again, ends it; ``joy_discard_button`` (-1: none) discards the
+    open take. recorder_node turns presses into episode markers; import-bag reads the presses
+    from a bag that has the Joy topic but no markers.
+    """
+
     storage: str = "mcap"  # mcap | sqlite3
     extra_topics: list[str] = field(default_factory=list)
+    joy_topic: str = ""
+    joy_button: int = 0
+    joy_discard_button: int = -1
 
     def validate(self, where: str) -> None:
         if self.storage not in ("mcap", "sqlite3"):
             raise UserError(f"{where}.storage: 'mcap' or 'sqlite3', got '{self.storage}'")
         for i, topic in enumerate(self.extra_topics):
             check_topic(topic, f"{at(where, 'extra_topics')}[{i}]")
+        if self.joy_topic:
+            check_topic(self.joy_topic, at(where, "joy_topic"))
+        positive(self.joy_button, where, "joy_button", allow_zero=True)
+        if self.joy_discard_button < -1:
+            raise UserError(f"{at(where, 'joy_discard_button')}: a button index or -1 (none), "
+                            f"got {self.joy_discard_button}")
+        if self.joy_discard_button == self.joy_button:
+            raise UserError(f"{at(where, 'joy_discard_button')}: must differ from joy_button ({self.joy_button})")
 
 
 COMMAND_INTERFACES = ("forward", "joint_trajectory", "servo_twist")

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import torch
-
 from conftest import requires_ros
 
 pytestmark = requires_ros
@@ -60,7 +59,7 @@ def test_controller_drives_sim_node_to_success(tmp_path, ros_env):
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
-    from smiling_ros.ros.msgs import parse_episode_marker
+    from smiling_ros.data.episodes import parse_marker_text as parse_episode_marker
     from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
 
     ckpt = tmp_path / "bc.safetensors"

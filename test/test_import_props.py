@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from transforms3d.euler import euler2quat
 
-from smiling_ros.io.fields import VectorAssembler, extract, quat_to_euler
 from smiling_ros.config import FieldSpec, load_config
-from smiling_ros.io.importer import PHASE, gap_intervals, grid_times, zoh
+from smiling_ros.data.episodes import gap_intervals
+from smiling_ros.io.fields import VectorAssembler, extract, quat_to_euler
+from smiling_ros.io.importer import PHASE, grid_times, zoh
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import requires_ros
 
 pytestmark = requires_ros
@@ -302,8 +301,9 @@ def test_realtime_holds_last_command_and_resets(tmp_path, ros_env, ros_node):
 
 
 def test_message_classes_and_markers():
+    from smiling_ros.data.episodes import parse_marker_text as parse_episode_marker
     from smiling_ros.errors import UserError
-    from smiling_ros.ros.msgs import episode_marker, message_class, parse_episode_marker
+    from smiling_ros.ros.msgs import episode_marker, message_class
 
     assert message_class("sensor_msgs/msg/JointState").__name__ == "JointState"
     assert message_class("std_msgs/Float64MultiArray").__name__ == "Float64MultiArray"

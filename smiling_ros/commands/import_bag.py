@@ -2,8 +2,9 @@
 
 BAG is a rosbag2 directory (metadata.yaml + .mcap/.db3 files), a bare .mcap or .db3 file, or the
 directory of a recording killed before it wrote metadata.yaml. The config's observation/action
-fields say which topics and fields become the vectors; see smiling_ros/importer.py for the
-resampling and episode rules.
+fields say which topics and fields become the vectors; see smiling_ros/io/importer.py for the
+resampling and smiling_ros/data/episodes.py for the episode rules. Prints one line per episode
+with the rules that cut it, the data checks' warnings, and a summary line.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", default=None, metavar="HZ", help="dataset rate in Hz (default: config rate_hz)")
     p.add_argument(
         "--gap", default=None, metavar="S", help="split episodes at state gaps longer than S seconds "
-        "when the bag has no episode markers (default: config import.gap_s)"
+        "(default: config import.gap_s)"
     )
     p.add_argument("--require-actions", action="store_true", help="fail if the bag has no action topics")
     p.add_argument("--salvage", action="store_true", help="read the complete part of a truncated MCAP")
@@ -57,10 +58,19 @@ def run(args: argparse.Namespace) -> int:
         salvage=args.salvage,
     )
     info = ds.meta["import"]
+    rate = ds.meta["rate_hz"]
+    for i, ep in enumerate(ds.meta["episodes"]):
+        cut = ", ".join(ep["cut_by"]) or "the whole recording"
+        print(f"episode {i}: {ep['steps']} steps ({(ep['steps'] - 1) / rate:.1f} s), cut by {cut}")
+    by_rule: dict[str, int] = {}
+    for ep in ds.meta["episodes"]:
+        for r in ep["cut_by"] or ["none"]:
+            by_rule[r] = by_rule.get(r, 0) + 1
     lengths = ds.meta["episode_lengths"]
     act = f"act_dim {ds.act_dim}" if ds.act is not None else "no actions (state-only)"
     print(
-        f"imported {args.bag} ({ds.meta['source']['storage']}, episodes from {ds.meta['episodes_from']}): "
+        f"imported {args.bag} ({ds.meta['source']['storage']}, episodes from {ds.meta['episodes_from']}; "
+        f"cut by {', '.join(f'{r} {n}' for r, n in by_rule.items())}): "
         f"{ds.num_episodes} episodes ({info['dropped']} dropped), {len(ds.obs)} steps at {ds.meta['rate_hz']:g} Hz "
         f"(episode length {min(lengths)}-{max(lengths)}), obs_dim {ds.obs_dim}, {act}, "
         f"{info['messages']} messages in {info['seconds']:.2f} s -> {args.out}"

@@ -43,6 +43,7 @@ def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
     """Read a bag back: message counts per topic and the episode markers (UserError if unreadable)."""
     from rosbags.highlevel import AnyReader
 
+    from smiling_ros.data.episodes import parse_marker_text
     from smiling_ros.io.bag import typestore
 
     try:
@@ -52,11 +53,9 @@ def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
             for conn, _, raw in reader.messages():
                 counts[conn.topic] += 1
                 if conn.topic == marker_topic:
-                    text = reader.deserialize(raw, conn.msgtype).data
-                    try:
-                        markers.append(json.loads(text))
-                    except ValueError:
-                        pass
+                    m = parse_marker_text(reader.deserialize(raw, conn.msgtype).data)
+                    if m is not None:
+                        markers.append(m)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the bag is not usable
         raise UserError(f"{path}: recorded bag does not read back ({type(exc).__name__}: {exc})") from None
     ends = [m for m in markers if isinstance(m, dict) and m.get("event") == "end"]

@@ -10,12 +10,15 @@ Pipeline:
    which extracts its fields. Every field keeps its own time series ``(t_ns, value)``. NaN/inf,
    values beyond ``import.max_abs`` and dimension changes stop the import with one line naming
    topic, field and time.
-3. Episodes are time intervals ``[a, b]`` (bag receive time, ns): from the episode markers on
-   ``topics.episode`` when the bag has them (std_msgs/String JSON
-   ``{"event": "start"|"end", "episode": k, "success": bool}``), otherwise the maximal intervals in
-   which no observation topic is silent for longer than ``gap_s`` (:func:`gap_intervals`). Marked
-   episodes are also cut where the state stream stops for longer than ``gap_s`` (a dropout is never
-   bridged by holding stale values; :func:`intersect_intervals`).
+3. Episodes are time intervals ``[a, b]`` (bag receive time, ns), cut by the first rule that
+   finds something, in this order of preference (:mod:`smiling_ros.data.episodes`): episode
+   markers on ``topics.episode``; silence of the action topics while the state stream goes on
+   (``import.command_silence_s``); the robot at rest (``import.idle_joints``, ``idle_velocity``,
+   ``idle_s``); gaps in the state stream (``gap_s``). Gaps always cut as well: an episode never
+   bridges a dropout by holding stale values. Every episode records which rules cut it
+   (``meta['episodes'][i]['cut_by']``), and ``meta['episode_rules']`` what each rule found. An
+   episode much longer than the others (or than ``import.max_episode_s``) gets a warning naming
+   the rules tried.
 4. Each episode is resampled on a fixed grid by zero-order hold (:func:`zoh`): the episode becomes
    *ready* at the first time every field (observations and actions) has a message inside it; grid
    points are ``ready + (k + phase) / rate`` for ``k = 0, 1, ...`` up to ``b``, and each field
@@ -24,8 +27,13 @@ Pipeline:
    rate, so receive-time jitter does not duplicate or skip samples.
    ``obs[k]`` and ``act[k]`` are the values held at grid point ``k``; ``act[k]`` is therefore the
    last command sent at or before the moment ``obs[k]`` was current.
-5. Episodes shorter than ``import.min_episode_steps`` are dropped (counted in the metadata), and
-   the dataset is written atomically (:meth:`smiling_ros.data.dataset.Dataset.save`).
+5. Episodes shorter than ``import.min_episode_steps`` are dropped (counted in the metadata).
+6. Data checks (:mod:`smiling_ros.data.checks`) log named warnings and store them in
+   ``meta['warnings']``: observation columns echoing an action column, constant columns,
+   header stamps / receive times going backwards or repeating, topics slower than the dataset.
+   ``meta['topic_rates_hz']`` holds each topic's rate found in the bag and ``meta['action_spec']``
+   the command's joints and meaning (config ``command:``). The dataset is written atomically
+   (:meth:`smiling_ros.data.dataset.Dataset.save`).
 """
 from __future__ import annotations
 
@@ -45,8 +53,8 @@ from smiling_ros.io.fields import VectorAssembler, normalize_msgtype
 
 if TYPE_CHECKING:
     from smiling_ros.data.dataset import Dataset
+    from smiling_ros.data.episodes import Interval
 
-MARKER_TYPE = "std_msgs/msg/String"
 PHASE = 0.5  # grid offset after the ready time, in periods
 MAX_ROWS = 50_000_000  # dataset rows an import may produce (guards against absurd rates/stamps)
 
@@ -72,40 +80,6 @@ def grid_times(ready_ns: int, end_ns: int, period_ns: float, phase: float = PHAS
     k = np.arange(int(math.floor(span / period_ns + 1e-9)) + 1, dtype=np.float64)
     grid = ready_ns + np.round((k + phase) * period_ns).astype(np.int64)
     return grid[grid <= end_ns]
-
-
-def gap_intervals(times_per_topic: Sequence[np.ndarray], gap_ns: int) -> list[tuple[int, int]]:
-    """Maximal intervals ``[a, b]`` in which no topic is silent for longer than ``gap_ns``.
-
-    Silence before a topic's first and after its last message (relative to the span of all
-    topics) counts too. Topics with no messages are ignored. Intervals are closed and sorted.
-    """
-    series = [np.asarray(t, dtype=np.int64) for t in times_per_topic if len(t)]
-    if not series:
-        return []
-    start = min(int(t[0]) for t in series)
-    end = max(int(t[-1]) for t in series)
-    gaps: list[tuple[int, int]] = []
-    for t in series:
-        padded = np.concatenate([[start], t, [end]])
-        d = np.diff(padded)
-        for i in np.nonzero(d > gap_ns)[0]:
-            gaps.append((int(padded[i]), int(padded[i + 1])))
-    gaps.sort()
-    merged: list[list[int]] = []
-    for a, b in gaps:
-        if merged and a < merged[-1][1]:  # overlapping; touching gaps leave their shared instant
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    out = []
-    cursor = start
-    for a, b in merged:  # the open gap (a, b) separates [cursor, a] from [b, ...]
-        if a >= cursor:
-            out.append((cursor, a))
-        cursor = b
-    out.append((cursor, end))
-    return [(a, b) for a, b in out if b >= a]
 
 
 @dataclasses.dataclass
@@ -138,16 +112,6 @@ class Series:
             order = np.argsort(t, kind="stable")
             t, v = t[order], v[order]
         return t, v
-
-
-@dataclasses.dataclass
-class Interval:
-    """An episode candidate: closed time interval [start_ns, end_ns] plus marker info."""
-
-    start_ns: int
-    end_ns: int
-    episode: Optional[int] = None
-    success: Optional[bool] = None
 
 
 @dataclasses.dataclass
@@ -197,79 +161,6 @@ def first_bad_value(
             k = int(np.argmax(~ok[row]))
             best = (spec, int(t[row]), k, float(v[row, k]))
     return best
-
-
-# --------------------------------------------------------------------------- markers
-def parse_marker(text: str, topic: str, when: str) -> dict[str, Any]:
-    """One episode marker (JSON) -> dict with 'event' ('start'/'end'/other), 'episode', 'success'."""
-    try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        d = None
-    if not isinstance(d, dict) or not isinstance(d.get("event"), str):
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        raise UserError(
-            f"topic '{topic}': episode marker {when} is not JSON like "
-            f'{{"event": "start", "episode": 0}} (got {shown!r})'
-        )
-    ep = d.get("episode")
-    succ = d.get("success")
-    return {
-        "event": d["event"],
-        "episode": ep if isinstance(ep, int) and not isinstance(ep, bool) else None,
-        "success": succ if isinstance(succ, bool) else None,
-    }
-
-
-def marker_intervals(markers: list[tuple[int, dict[str, Any]]], end_ns: int) -> tuple[list[Interval], int]:
-    """Episode intervals from (stamp_ns, marker) pairs in time order.
-
-    A 'start' opens an episode (closing an open one there), an 'end' closes it (with its success);
-    an episode still open at the end of the recording closes at ``end_ns``. Returns the intervals
-    and the number of markers that did not fit (an 'end' with no open episode, unknown events).
-    """
-    out: list[Interval] = []
-    cur: Optional[Interval] = None
-    stray = 0
-    count = 0
-    for stamp, m in markers:
-        if m["event"] == "start":
-            if cur is not None:
-                cur.end_ns = stamp
-                out.append(cur)
-            cur = Interval(stamp, stamp, m["episode"] if m["episode"] is not None else count)
-            count += 1
-        elif m["event"] == "end":
-            if cur is None:
-                stray += 1
-                continue
-            cur.end_ns = stamp
-            cur.success = m["success"]
-            out.append(cur)
-            cur = None
-        else:
-            stray += 1
-    if cur is not None:
-        cur.end_ns = max(end_ns, cur.start_ns)
-        out.append(cur)
-    return out, stray
-
-
-def intersect_intervals(marked: list[Interval], state: list[Interval]) -> tuple[list[Interval], int]:
-    """Marked episodes cut to where the state stream runs (no observation topic silent for more
-    than gap_s): a marked episode spanning a dropout becomes several pieces with its marker info.
-    Returns the pieces and how many marked episodes were split."""
-    out: list[Interval] = []
-    split = 0
-    for m in marked:
-        pieces = [
-            Interval(max(m.start_ns, s.start_ns), min(m.end_ns, s.end_ns), m.episode, m.success)
-            for s in state
-            if s.start_ns <= m.end_ns and s.end_ns >= m.start_ns
-        ]
-        split += len(pieces) > 1
-        out += pieces
-    return out, split
 
 
 # --------------------------------------------------------------------------- import
@@ -329,6 +220,75 @@ def _check_topics(reader, specs: list[FieldSpec], role: str, bag: str) -> tuple[
     return types, missing
 
 
+def _header_ns(msg: Any) -> Optional[int]:
+    """``msg.header.stamp`` in ns (None without a header or with an unset stamp)."""
+    st = getattr(getattr(msg, "header", None), "stamp", None)
+    if st is None:
+        return None
+    try:
+        ns = int(st.sec) * 1_000_000_000 + int(st.nanosec)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return ns if ns > 0 else None
+
+
+class IdleSignal:
+    """Collects the speed of the ``import.idle_joints`` (velocity where the JointState carries it,
+    else position, differentiated later by :func:`smiling_ros.data.episodes.joint_speeds`)."""
+
+    def __init__(self, topic: str, joints: list[str]):
+        from smiling_ros.io.fields import JOINT_STATE
+
+        self.topic = topic
+        self.joints = joints
+        self.vel_spec = FieldSpec(topic=topic, type=JOINT_STATE, field="velocity", joints=joints)
+        self.pos_spec = FieldSpec(topic=topic, type=JOINT_STATE, field="position", joints=joints)
+        self.times: list[int] = []
+        self.vel: list[np.ndarray] = []
+        self.pos: list[np.ndarray] = []
+
+    def add(self, msg: Any, stamp: int, msgtype: str) -> None:
+        from smiling_ros.io.fields import extract
+
+        try:
+            vel = getattr(msg, "velocity", None)
+            if vel is not None and len(vel):
+                self.vel.append(extract(self.vel_spec, msg, msgtype))
+            else:
+                self.pos.append(extract(self.pos_spec, msg, msgtype))
+        except UserError as exc:
+            raise UserError(f"import.idle_joints: {exc}") from None
+        self.times.append(stamp)
+
+    def speeds(self) -> tuple[np.ndarray, np.ndarray]:
+        from smiling_ros.data.episodes import joint_speeds
+
+        t = np.asarray(self.times, np.int64)
+        if self.vel and self.pos:  # mixed: velocity where present, position differences elsewhere
+            raise UserError(f"topic '{self.topic}': some JointState messages carry velocities and some do not "
+                            "(import.idle_joints needs one or the other)")
+        vel = np.asarray(self.vel) if self.vel else None
+        pos = np.asarray(self.pos) if self.pos else None
+        return t, joint_speeds(t, vel, pos)
+
+
+def action_spec(cfg: Config, act_names: list[str], act_dim: int) -> dict[str, Any]:
+    """What the action means, for datasets and checkpoints: the command's joints (in the
+    controller's order), its meaning, interface and topic, and the element names. A
+    ``command.joints`` list of another length than the action is an error."""
+    joints = list(cfg.command.joints)
+    if joints and act_dim and len(joints) != act_dim:
+        raise UserError(f"{cfg.path or 'config'}: command.joints lists {len(joints)} joints but the action has "
+                        f"{act_dim} elements")
+    return {
+        "joints": joints,
+        "meaning": cfg.command.meaning,
+        "interface": cfg.command.interface,
+        "topic": cfg.command_topic,
+        "names": act_names,
+    }
+
+
 def import_bag(
     bag_path: str | Path,
     cfg: Config,
@@ -342,12 +302,24 @@ def import_bag(
 ) -> Dataset:
     """Turn a rosbag2 recording into a dataset directory at ``out_dir`` (see the module docstring).
 
-    rate_hz: dataset rate (default ``cfg.rate_hz``). gap_s: episode split threshold without
-    markers (default ``cfg.import_.gap_s``). require_actions: a bag without the action topics is
-    an error instead of a state-only dataset. salvage: read the complete part of a truncated MCAP.
-    log: where notes go (one line each). Returns the saved dataset; ``meta['import']`` holds the
-    summary (episodes kept/dropped, seconds taken).
+    rate_hz: dataset rate (default ``cfg.rate_hz``). gap_s: state-gap threshold (default
+    ``cfg.import_.gap_s``). require_actions: a bag without the action topics is an error instead
+    of a state-only dataset. salvage: read the complete part of a truncated MCAP. log: where notes
+    and warnings go (one line each). Returns the saved dataset; ``meta['import']`` holds the
+    summary (episodes kept/dropped, seconds taken), ``meta['warnings']`` the data checks'
+    findings (:mod:`smiling_ros.data.checks`).
     """
+    from smiling_ros.data import checks
+    from smiling_ros.data.episodes import (
+        JOY_TYPE,
+        MARKER_TYPE,
+        JoyButtons,
+        Takes,
+        long_episode_warning,
+        parse_marker,
+        segment,
+        state_intervals,
+    )
     from smiling_ros.io.bag import open_bag
 
     t_start = time.perf_counter()
@@ -364,6 +336,7 @@ def import_bag(
     bag = str(bag_path)
     if not cfg.observation:
         raise UserError(f"{cfg.path or 'config'}: 'observation' must list at least one field")
+    isec = cfg.import_
 
     with open_bag(bag_path, salvage=salvage) as reader:
         if reader.salvaged_bytes:
@@ -396,8 +369,27 @@ def import_bag(
             raise UserError(
                 f"{bag}: episode marker topic '{marker_topic}' has type {mt.msgtype}, expected {MARKER_TYPE}"
             )
+        joy: Optional[JoyButtons] = None
+        rec = cfg.record
+        jt = reader.topics.get(rec.joy_topic) if rec.joy_topic and not use_markers else None
+        if jt is not None and jt.count > 0:
+            if jt.msgtype != JOY_TYPE:
+                raise UserError(f"{bag}: record.joy_topic '{rec.joy_topic}' has type {jt.msgtype}, expected {JOY_TYPE}")
+            joy = JoyButtons(rec.joy_topic, rec.joy_button, rec.joy_discard_button)
+        takes = Takes()
+        idle: Optional[IdleSignal] = None
+        if isec.idle_joints:
+            idle_topic = isec.idle_topic or cfg.topics.joint_states
+            it = reader.topics.get(idle_topic)
+            if it is None or it.count == 0:
+                raise UserError(f"{bag}: import.idle_joints: topic '{idle_topic}' not in bag "
+                                f"(topics: {reader.describe_topics()})")
+            if it.msgtype != "sensor_msgs/msg/JointState":
+                raise UserError(f"{bag}: import.idle_joints: topic '{idle_topic}' has type {it.msgtype}, "
+                                "expected sensor_msgs/msg/JointState")
+            idle = IdleSignal(idle_topic, list(isec.idle_joints))
 
-        max_abs = cfg.import_.max_abs
+        max_abs = isec.max_abs
         obs_asm = VectorAssembler(cfg.observation, max_abs=max_abs, types=obs_types)
         act_asm = VectorAssembler(cfg.action, max_abs=max_abs, types=act_types) if has_actions else None
         # counts come from the bag's index (untrusted): a first guess only, the series grow as needed
@@ -405,9 +397,13 @@ def import_bag(
         act_series = (
             [Series(capacity=min(reader.topics[s.topic].count, 1 << 16)) for s in cfg.action] if has_actions else []
         )
-        wanted = set(obs_types) | set(act_types if has_actions else ()) | ({marker_topic} if use_markers else set())
+        data_topics = set(obs_types) | set(act_types if has_actions else ())
+        event_topics = ({marker_topic} if use_markers else set()) | ({joy.topic} if joy else set())
+        wanted = data_topics | event_topics | ({idle.topic} if idle else set())
         total = sum(reader.topics[t].count for t in wanted)
         markers: list[tuple[int, dict[str, Any]]] = []
+        receive: dict[str, list[int]] = {t: [] for t in wanted if t not in event_topics or t in data_topics}
+        header: dict[str, list[int]] = {t: [] for t in receive}
         last_stamp = 0
         n_read = 0
 
@@ -428,13 +424,26 @@ def import_bag(
                     except UserError as exc:
                         raise UserError(f"{bag}: {exc}") from None
                     continue
-                for asm, series in assemblers:
+                if joy is not None and topic == joy.topic:
                     try:
-                        idx = asm.update(topic, msg, stamp, msgtype)
+                        for m in joy.apply(list(getattr(msg, "buttons", ())), takes):
+                            markers.append((stamp, {"event": m["event"], "episode": m["episode"], "success": None}))
                     except UserError as exc:
-                        raise UserError(f"{bag}: {exc} (at t={reader.rel_s(stamp):.3f} s into the bag)") from None
-                    for i in idx:
-                        series[i].append(stamp, asm.value(i))
+                        raise UserError(f"{bag}: {exc}") from None
+                    if topic not in data_topics:
+                        continue
+                receive[topic].append(stamp)
+                h = _header_ns(msg)
+                if h is not None:
+                    header[topic].append(h)
+                try:
+                    if idle is not None and topic == idle.topic:
+                        idle.add(msg, stamp, msgtype)
+                    for asm, series in assemblers:
+                        for i in asm.update(topic, msg, stamp, msgtype):
+                            series[i].append(stamp, asm.value(i))
+                except UserError as exc:
+                    raise UserError(f"{bag}: {exc} (at t={reader.rel_s(stamp):.3f} s into the bag)") from None
         except BaseException:
             bar.leave = False
             raise
@@ -467,31 +476,34 @@ def import_bag(
         if len(t) == 0:
             raise UserError(f"{bag}: no complete observation: topic '{spec.topic}' has no messages")
 
-    stray = 0
-    split_markers = 0
-    obs_topic_times = []
-    seen_topics: set[str] = set()
-    for spec, (t, _) in zip(cfg.observation, obs_arrays):
-        if spec.topic not in seen_topics:
-            seen_topics.add(spec.topic)
-            obs_topic_times.append(t)
-    state_intervals = [Interval(a, b) for a, b in gap_intervals(obs_topic_times, gap_ns)]
-    if use_markers:
-        marked, stray = marker_intervals(markers, bag_end)
-        if not marked:
-            raise UserError(f"{bag}: episode markers on '{marker_topic}' contain no 'start' event")
-        intervals, split_markers = intersect_intervals(marked, state_intervals)
-        if split_markers:
-            log(f"note: {split_markers} marked episode(s) split where the state stream stops for more than {gap:g} s")
-    else:
-        intervals = state_intervals
+    receive_arr = {t: np.asarray(v, np.int64) for t, v in receive.items()}
+    obs_topic_times = [np.sort(receive_arr[t]) for t in dict.fromkeys(s.topic for s in cfg.observation)]
+    state = state_intervals(obs_topic_times, gap_ns)
+    act_topics = list(dict.fromkeys(s.topic for s in cfg.action)) if has_actions else []
+    command_times = np.sort(np.concatenate([receive_arr[t] for t in act_topics])) if act_topics else None
+    try:
+        seg = segment(
+            state, gap,
+            markers=markers or None, end_ns=bag_end,
+            marker_topic=f"{joy.topic} (button {joy.button})" if joy is not None else marker_topic,
+            command_times=command_times, command_topics=act_topics, silence_s=isec.command_silence_s,
+            idle=idle.speeds() if idle is not None else None, idle_velocity=isec.idle_velocity, idle_s=isec.idle_s,
+            idle_what=f"{', '.join(isec.idle_joints)} on {idle.topic}" if idle is not None else "",
+        )
+    except UserError as exc:
+        raise UserError(f"{bag}: {exc}") from None
+    intervals = seg.intervals
+    if seg.split_marked:
+        log(f"note: {seg.split_marked} marked episode(s) split where the state stream stops for more than {gap:g} s")
+    if seg.discarded:
+        log(f"note: {seg.discarded} take(s) discarded by 'discard' markers")
     n_rows = sum(max(0, iv.end_ns - iv.start_ns) for iv in intervals) / period_ns
     if n_rows > MAX_ROWS:
         raise UserError(
             f"{bag}: {n_rows:.3g} rows at {rate:g} Hz exceed the limit of {MAX_ROWS:g} (lower --rate)"
         )
 
-    min_steps = cfg.import_.min_episode_steps
+    min_steps = isec.min_episode_steps
     kept: list[ResampledEpisode] = []
     incomplete = 0
     short_lengths: list[int] = []
@@ -519,8 +531,29 @@ def import_bag(
             f"({len(short_lengths)} shorter than {min_steps} steps, {incomplete} without every field)"
         )
 
+    # ---- data checks
+    obs_names = obs_asm.element_names()
+    act_names = act_asm.element_names() if act_asm is not None else []
+    obs_all = np.concatenate([ep.obs for ep in kept])
+    act_all = np.concatenate([ep.act for ep in kept]) if has_actions else None
+    ends = np.cumsum([len(ep.grid) for ep in kept])
+    rates = {t: checks.effective_rate_hz(receive_arr[t], gap_ns) for t in sorted(data_topics)}
+    roles = {**{t: "action" for t in act_topics}, **{s.topic: "observation" for s in cfg.observation}}
+    findings = (
+        checks.echo_findings(obs_all, act_all, ends, obs_names, act_names)
+        + checks.constant_findings(obs_all, obs_names)
+        + checks.stamp_findings({t: np.asarray(v, np.int64) for t, v in header.items() if v and t in data_topics},
+                                {t: v for t, v in receive_arr.items() if t in data_topics})
+        + checks.rate_findings(rates, rate, roles)
+    )
+    long = long_episode_warning([(ep.grid[-1] - ep.grid[0]) * 1e-9 for ep in kept], isec.max_episode_s, seg.tried)
+    if long is not None:
+        findings.insert(0, checks.Finding("long-episode", long))
+    for f in findings:
+        log(str(f))
+
     successes = [ep.interval.success for ep in kept]
-    success = successes if use_markers and all(s is not None for s in successes) else None
+    success = successes if seg.rule == "markers" and all(s is not None for s in successes) else None
     meta: dict[str, Any] = {
         "source": {
             "bag": str(Path(bag_path).resolve()),
@@ -537,25 +570,31 @@ def import_bag(
             "observation": [_spec_dict(s) for s in cfg.observation],
             "action": [_spec_dict(s) for s in cfg.action] if has_actions else [],
         },
-        "obs_names": obs_asm.element_names(),
-        "act_names": act_asm.element_names() if act_asm is not None else [],
+        "obs_names": obs_names,
+        "act_names": act_names,
+        "action_spec": action_spec(cfg, act_names, act_asm.dim or 0) if act_asm is not None else None,
+        "topic_rates_hz": {t: r for t, r in rates.items() if r is not None},
         "resampling": {
             "method": "zero-order hold",
             "phase": PHASE,
             "timestamps": "bag receive time",
             "episode_start_end": "first and last grid point of each episode (ns)",
         },
-        "episodes_from": "markers" if use_markers else "gaps",
-        "gap_s": None if use_markers else gap,
+        "episodes_from": seg.rule,
+        "episode_rules": [o.as_dict() for o in seg.tried],
+        "gap_s": gap,
         "min_episode_steps": min_steps,
         "dropped_episodes": dropped,
-        "stray_markers": stray,
-        "split_marked_episodes": split_markers,
+        "stray_markers": seg.stray,
+        "discarded_takes": seg.discarded,
+        "split_marked_episodes": seg.split_marked,
+        "warnings": [f.as_dict() for f in findings],
         "episodes": [
             {
                 "start_ns": int(ep.grid[0]),
                 "end_ns": int(ep.grid[-1]),
                 "steps": int(len(ep.grid)),
+                "cut_by": ep.interval.cut_by,
                 **({"marker_episode": ep.interval.episode} if ep.interval.episode is not None else {}),
                 **({"success": ep.interval.success} if ep.interval.success is not None else {}),
             }

@@ -71,9 +71,10 @@ from smiling_ros.control import (
     resolve_settings,
     set_sched_priority,
 )
+from smiling_ros.data.episodes import parse_marker_text
 from smiling_ros.errors import UserError
 from smiling_ros.ros.commands import CommandOutput
-from smiling_ros.ros.msgs import message_class, parse_episode_marker
+from smiling_ros.ros.msgs import message_class
 from smiling_ros.ros.node_utils import ParamSpec, declare_params, param
 from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
 
@@ -329,7 +330,7 @@ class ControllerNode(LifecycleNode):
         return response
 
     def _on_episode(self, msg: String) -> None:
-        marker = parse_episode_marker(msg.data)
+        marker = parse_marker_text(msg.data)
         if marker is not None and marker["event"] == "start" and self.loop is not None:
             self.loop.request_reset()  # a new episode: forget observation windows / action chunks
 

@@ -304,9 +304,9 @@ class RecorderNode(Node):
         from rclpy.serialization import deserialize_message
         from std_msgs.msg import String
 
-        from smiling_ros.ros.msgs import parse_episode_marker
+        from smiling_ros.data.episodes import parse_marker_text
 
-        marker = parse_episode_marker(deserialize_message(data, String).data)
+        marker = parse_marker_text(deserialize_message(data, String).data)
         if marker is None:
             return
         print("EPISODE " + json.dumps(marker, sort_keys=True), flush=True)

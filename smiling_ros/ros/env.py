@@ -199,9 +199,9 @@ class RosRobotEnv(gymnasium.Env):
             self._cv.notify_all()
 
     def _on_marker(self, msg: Any) -> None:
-        from smiling_ros.ros.msgs import parse_episode_marker
+        from smiling_ros.data.episodes import parse_marker_text
 
-        marker = parse_episode_marker(msg.data)
+        marker = parse_marker_text(msg.data)
         if marker is None:
             return
         with self._cv:

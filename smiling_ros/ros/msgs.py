@@ -6,7 +6,6 @@ Type names are the ROS 2 form ``pkg/msg/Name`` (as in configs, ``ros2 topic info
 from __future__ import annotations
 
 import importlib
-import json
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -94,18 +93,7 @@ def string_msg(text: str):
 
 
 def episode_marker(event: str, episode: int, **fields: Any):
-    """std_msgs/String carrying the JSON episode marker ``{"event": ..., "episode": k, ...}``."""
-    if event not in ("start", "end"):
-        raise ValueError(f"episode marker event must be 'start' or 'end', got {event!r}")
-    return string_msg(json.dumps({"event": event, "episode": int(episode), **fields}, sort_keys=True))
+    """std_msgs/String carrying the JSON episode marker (:func:`smiling_ros.data.episodes.marker_text`)."""
+    from smiling_ros.data.episodes import marker_text
 
-
-def parse_episode_marker(text: str) -> Optional[dict[str, Any]]:
-    """The marker dict from a std_msgs/String payload, or None if it is not a marker."""
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("event") not in ("start", "end") or "episode" not in data:
-        return None
-    return data
+    return string_msg(marker_text(event, episode, **fields))
