@@ -192,3 +192,110 @@ def test_independent_jtc_drives_the_arm_to_its_target(tmp_path, ros_env):
     assert len(done) == 2 and all(e["steps"] == 100 for e in done), done
     assert sum(e["success"] for e in done) >= 1, (done, log)
     assert ctl_rc == 0 and "Traceback" not in log and "joint_trajectory" in log
+
+
+# --------------------------------------------------------------------------- chunked vs single action
+TIME_SCALE = 2.0  # sim and policy at 2 x 20 Hz: an episode takes 2.5 s
+
+
+def train_chunked_bridger(path, bc_path, chunk=4) -> None:
+    """A BRIDGER policy planning ``chunk`` actions per step, refining the cloned expert (seconds)."""
+    from smiling_ros.data.dataset import Dataset
+    from smiling_ros.data.evaluation import run_episodes
+    from smiling_ros.envs import ARM_REACH, ScriptedExpert, make_env
+    from smiling_ros.learn.checkpoint import load_checkpoint
+    from smiling_ros.learn.policy import load_policy
+    from smiling_ros.methods.bridger.sources import PolicySource
+    from smiling_ros.methods.bridger.train import BridgerConfig, train_bridger
+
+    env = make_env(ARM_REACH, seed=0)
+    eps = run_episodes(ScriptedExpert(seed=0, mode="left"), env, 20, seed=0, record=True)
+    env.close()
+    ds = Dataset.from_episodes([(e["obs"], e["act"]) for e in eps], {"task": ARM_REACH})
+    src = PolicySource(load_policy(str(bc_path), device="cpu"), load_checkpoint(bc_path))
+    sec = BridgerConfig(chunk=chunk, train_steps=600, hidden=[64, 64], batch_size=128, steps=2, log_every=100)
+    pol = train_bridger(ds, src, sec, -np.ones(2, np.float32), np.ones(2, np.float32), progress=False)
+    pol.save(path, {"task": ARM_REACH})
+
+
+def run_forward(tmp_path, ros_env, name, controller_params, episodes=2):
+    """controller_node -> sim_node (forward commands); returns (episode ends, commands, controller log)."""
+    import rclpy
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray, String
+
+    from smiling_ros.ros.msgs import parse_episode_marker
+    from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node(f"stream_test_{name}", context=ctx)
+    ends, commands = [], []
+    node.create_subscription(String, "/smiling_ros/episode", lambda m: ends.append(parse_episode_marker(m.data)),
+                             EVENTS)
+    node.create_subscription(Float64MultiArray, "/forward_command_controller/commands",
+                             lambda m: commands.append(np.array(m.data)), COMMAND)
+    node.create_subscription(JointState, "/joint_states", lambda m: None, SENSOR)  # sim_node waits for one
+    executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    running = True
+
+    def spin():
+        while running:
+            executor.spin_once(timeout_sec=0.01)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    log_path = tmp_path / f"ctl_{name}.log"
+    ctl = subprocess.Popen([sys.executable, "-m", "smiling_ros.nodes.controller_node", "--ros-args",
+                            *sum((["-p", p] for p in controller_params), [])],
+                           env=ros_env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach",
+         "-p", "mode:=realtime", "-p", f"time_scale:={TIME_SCALE}", "-p", f"max_episodes:={episodes}",
+         "-p", "wait_for_subscribers:=1", "-p", "seed:=7"],
+        env=ros_env, stdout=open(tmp_path / f"sim_{name}.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        assert sim.wait(120) == 0, (tmp_path / f"sim_{name}.log").read_text()
+        deadline = time.monotonic() + 5
+        while len([e for e in ends if e and e["event"] == "end"]) < episodes and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ctl.send_signal(signal.SIGINT)
+        try:
+            ctl.wait(15)
+        except subprocess.TimeoutExpired:
+            ctl.kill()
+        running = False
+        spinner.join(2)
+        node.destroy_node()
+        ctx.try_shutdown()
+    print(name, [(e["success"], e["return"]) for e in ends if e and e["event"] == "end"], len(commands),
+          max_step(commands) if len(commands) > 1 else None)
+    return [e for e in ends if e and e["event"] == "end"], commands, log_path.read_text()
+
+
+def max_step(commands) -> float:
+    a = np.array(commands)
+    return float(np.abs(np.diff(a, axis=0)).max())
+
+
+def test_chunked_stream_succeeds_like_single_actions_with_smaller_command_steps(tmp_path, ros_env):
+    bc, chunked = tmp_path / "bc.safetensors", tmp_path / "bridger_chunk4.safetensors"
+    clone_expert(bc)
+    train_chunked_bridger(chunked, bc)
+    rate = 20.0 * TIME_SCALE
+    common = ["config:=arm_reach", f"control_rate_hz:={rate}", "watchdog_periods:=3"]
+    single_ends, single_cmds, _ = run_forward(tmp_path, ros_env, "single", [f"checkpoint:={bc}", *common])
+    chunk_ends, chunk_cmds, log = run_forward(
+        tmp_path, ros_env, "chunked",
+        [f"checkpoint:={chunked}", *common, f"command_rate_hz:={5 * rate}", "chunk_blend:=ensemble"])
+    for ends in (single_ends, chunk_ends):
+        assert len(ends) == 2 and all(e["steps"] == 100 for e in ends), ends
+    assert sum(e["success"] for e in single_ends) >= 1, single_ends
+    assert sum(e["success"] for e in chunk_ends) >= sum(e["success"] for e in single_ends), (chunk_ends, log)
+    assert "commands streamed at 200 Hz (ensemble)" in log and "Traceback" not in log
+    # Five commands per policy step, interpolated: the stream moves in smaller steps.
+    assert len(chunk_cmds) > 3 * len(single_cmds) > 300
+    assert all(np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a)) for a in chunk_cmds)
+    assert max_step(chunk_cmds) < max_step(single_cmds), (max_step(chunk_cmds), max_step(single_cmds))

@@ -26,11 +26,12 @@ from smiling_ros.control.settings import (
     resolve_settings,
 )
 from smiling_ros.control.stats import DeadlineTracker, LatencyStats
+from smiling_ros.control.stream import ActionSchedule, CommandStream
 from smiling_ros.control.watchdog import Watchdog
 
 __all__ = [
     "EXECUTORS", "ON_STALE", "STOP_ACTIONS", "WATCHDOG_OK", "WATCHDOG_STALE", "WATCHDOG_WAITING",
-    "ControlLoop", "ControllerSection", "ControllerSettings", "DeadlineTracker", "LatencyStats", "PolicyLoader",
+    "ActionSchedule", "CommandStream", "ControlLoop", "ControllerSection", "ControllerSettings", "DeadlineTracker", "LatencyStats", "PolicyLoader",
     "TickResult", "Watchdog", "background_priority", "check_policy", "check_settings", "expected_act_dim",
     "load_controller_policy", "make_assembler", "policy_bounds", "resolve_command", "resolve_limits", "resolve_settings",
     "set_sched_priority",

@@ -40,6 +40,17 @@ class ControllerSection:
         control thread and the executor's threads (needs CAP_SYS_NICE or an rtprio limit; if
         refused, a warning and normal scheduling). Checkpoint loading for hot swaps runs one
         priority below.
+    command_rate_hz: the robot's command rate [Hz] when it differs from the policy's: the policy
+        then plans chunks at ``control_rate_hz`` on a thread of its own and the commands are
+        streamed at this rate, interpolated between planned actions (smiling_ros.control.stream).
+        None = one command per policy step (no stream).
+    chunk_blend: overlapping chunks in the stream: ``replace`` (receding horizon) or ``ensemble``
+        (ACT-style temporal ensembling).
+    ensemble_decay: ensembling weight ``exp(-decay * i)`` of the i-th prediction for a time (0 =
+        oldest); 0.01 as in ACT.
+    max_checkpoint_mb: a checkpoint transferred over ROS larger than this is refused.
+    checkpoint_cache: directory where transferred checkpoints are stored before loading; empty =
+        ``~/.cache/smiling_ros/checkpoints``.
     """
 
     control_rate_hz: Optional[float] = None
@@ -53,6 +64,11 @@ class ControllerSection:
     diagnostics_period_s: float = 1.0
     observation_max_abs: Optional[float] = None
     sched_priority: int = 0
+    command_rate_hz: Optional[float] = None
+    chunk_blend: str = "replace"
+    ensemble_decay: float = 0.01
+    max_checkpoint_mb: float = 256.0
+    checkpoint_cache: str = ""
 
     def validate(self, where: str) -> None:
         check_settings(self, where)
@@ -86,6 +102,15 @@ def check_settings(s: Any, where: str) -> None:
         raise UserError(f"{key('diagnostics_period_s')}: must be > 0, got {s.diagnostics_period_s}")
     if not 0 <= s.sched_priority <= 99:
         raise UserError(f"{key('sched_priority')}: 0 (normal) or a SCHED_FIFO priority 1..99, got {s.sched_priority}")
+    if s.command_rate_hz is not None:
+        if not math.isfinite(s.command_rate_hz) or s.command_rate_hz <= 0 or s.command_rate_hz > 10000:
+            raise UserError(f"{key('command_rate_hz')}: must be in (0, 10000] Hz, got {s.command_rate_hz}")
+    if s.chunk_blend not in ("replace", "ensemble"):
+        raise UserError(f"{key('chunk_blend')}: 'replace' or 'ensemble', got '{s.chunk_blend}'")
+    if not math.isfinite(s.ensemble_decay):
+        raise UserError(f"{key('ensemble_decay')}: must be finite, got {s.ensemble_decay}")
+    if not (math.isfinite(s.max_checkpoint_mb) and s.max_checkpoint_mb > 0):
+        raise UserError(f"{key('max_checkpoint_mb')}: must be > 0, got {s.max_checkpoint_mb}")
     if s.observation_max_abs is not None and not s.observation_max_abs > 0:
         raise UserError(f"{key('observation_max_abs')}: must be > 0, got {s.observation_max_abs}")
 
@@ -107,6 +132,11 @@ class ControllerSettings:
     diagnostics_period_s: float
     observation_max_abs: Optional[float]
     sched_priority: int
+    command_rate_hz: Optional[float]
+    chunk_blend: str
+    ensemble_decay: float
+    max_checkpoint_mb: float
+    checkpoint_cache: str
     command_topic: str
     policy_topic: str
     episode_topic: str

@@ -61,6 +61,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from smiling_ros.control import (
+    CommandStream,
     ControllerSettings,
     ControlLoop,
     PolicyLoader,
@@ -99,6 +100,12 @@ PARAMETERS: ParamSpec = {
     "diagnostics_period_s": (float, "period of /diagnostics status [s]"),
     "observation_max_abs": (float, "observation elements beyond this magnitude count as invalid"),
     "sched_priority": (int, "0: normal scheduling; 1..99: SCHED_FIFO priority of the control loop (Linux)"),
+    "command_rate_hz": (float, "robot command rate [Hz]; set: the policy plans chunks at control_rate_hz on its own "
+                        "thread and commands are streamed at this rate; unset: one command per policy step"),
+    "chunk_blend": (str, "overlapping chunks: 'replace' (receding horizon) or 'ensemble' (temporal ensembling)"),
+    "ensemble_decay": (float, "temporal ensembling weight exp(-decay * i), i = 0 for the oldest prediction"),
+    "max_checkpoint_mb": (float, "checkpoints transferred over ROS larger than this are refused"),
+    "checkpoint_cache": (str, "directory for transferred checkpoints; unset: ~/.cache/smiling_ros/checkpoints"),
     "autostart": (bool, "configure and activate at start (set false when a launch file drives the lifecycle)"),
 }
 
@@ -119,6 +126,7 @@ class ControllerNode(LifecycleNode):
         self._loader: Optional[PolicyLoader] = None
         self._subs: list[Any] = []
         self._out: Optional[CommandOutput] = None
+        self._stream: Optional[CommandStream] = None
         self._timer: Any = None
         self._diag_timer: Any = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -183,7 +191,10 @@ class ControllerNode(LifecycleNode):
         spec = resolve_command(cfg, policy, s.checkpoint, low, high, s.period_ns / 1e9, s.command_topic)
         self.loop = ControlLoop(policy, assembler, low, high, s.period_ns, s.watchdog_periods, s.on_stale,
                                 s.stop_action, policy_path=s.checkpoint,
-                                chunked=spec.interface == "joint_trajectory")
+                                chunked=spec.interface == "joint_trajectory" or s.command_rate_hz is not None)
+        if s.command_rate_hz is not None:
+            self._stream = CommandStream(self.loop, s.chunk_blend, s.ensemble_decay, on_result=self._log_result,
+                                         command_period_ns=int(round(1e9 / s.command_rate_hz)))
         self.loop.set_estop(self._estop)
         self.settings = s
         self._obs_dim = int(policy.obs_dim)
@@ -203,7 +214,8 @@ class ControllerNode(LifecycleNode):
             f"configured: {s.checkpoint} ({type(policy).__name__}, obs {policy.obs_dim}, act {policy.act_dim}"
             f"{', steps ' + str(policy.steps) if hasattr(policy, 'steps') else ''}) on {s.device}; "
             f"{s.control_rate_hz:g} Hz -> {s.command_topic} ({spec.interface}, {spec.meaning or 'meaning not declared'}); limits {low.tolist()}..{high.tolist()}; "
-            f"watchdog {s.watchdog_periods} periods, on_stale {s.on_stale}, stop_action {s.stop_action}")
+            f"watchdog {s.watchdog_periods} periods, on_stale {s.on_stale}, stop_action {s.stop_action}"
+            + (f"; commands streamed at {s.command_rate_hz:g} Hz ({s.chunk_blend})" if self._stream else ""))
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         assert self.loop is not None and self.settings is not None
@@ -212,8 +224,14 @@ class ControllerNode(LifecycleNode):
             return ret
         self.loop.reset()
         self._active = True
-        self._timer = self.create_timer(self.settings.period_ns / 1e9, self._tick,
-                                        callback_group=self._control_group, clock=self._steady)
+        if self._stream is not None:
+            self._stream.reset_stats()
+            self._stream.start()
+            self._timer = self.create_timer(1.0 / self.settings.command_rate_hz, self._command_tick,
+                                            callback_group=self._control_group, clock=self._steady)
+        else:
+            self._timer = self.create_timer(self.settings.period_ns / 1e9, self._tick,
+                                            callback_group=self._control_group, clock=self._steady)
         self.get_logger().info("active: commanding once observations arrive")
         return ret
 
@@ -242,6 +260,8 @@ class ControllerNode(LifecycleNode):
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
+        if self._stream is not None:
+            self._stream.stop()
         with self._pub_lock:
             if self.loop is not None and self._active:
                 stop = self.loop.stop_command()
@@ -261,6 +281,9 @@ class ControllerNode(LifecycleNode):
         if self._out is not None:
             self._out.destroy(self.destroy_lifecycle_publisher)
             self._out = None
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
         self.loop = None
 
     # ------------------------------------------------------------------ callbacks
@@ -288,6 +311,12 @@ class ControllerNode(LifecycleNode):
                 self._publish(r.action, r.chunk)
         end = time.monotonic_ns()
         loop.record(expected, start, end, r)
+        self._log_result(r)
+
+    def _log_result(self, r: Any) -> None:
+        loop = self.loop
+        if loop is None:
+            return
         if r.event:
             # State changes are logged, at most one per second per kind when a marginal sensor makes
             # the watchdog flap; /diagnostics carries the current state and the count.
@@ -301,12 +330,32 @@ class ControllerNode(LifecycleNode):
         if r.warning:
             self.get_logger().warning(r.warning, throttle_duration_sec=1.0)
 
-    def _publish(self, action: Any, chunk: Any = None) -> None:
+    def _command_tick(self) -> None:
+        """A tick of the command stream (robot rate): the planned action for now, or the plan ahead."""
+        start = time.monotonic_ns()
+        stream, timer = self._stream, self._timer
+        if stream is None or timer is None or not self._active or self._out is None:
+            return
+        until_next = timer.time_until_next_call()
+        expected = start + (until_next or 0) - timer.timer_period_ns
+        trajectory = self._out.spec.interface == "joint_trajectory"
+        with self._pub_lock:
+            if not self._active:
+                return
+            kind, value = stream.next_command(start, points=trajectory)
+            if kind == "command" and trajectory:
+                acts, times = value
+                self._publish(acts[0], acts, times)
+            elif kind != "none":
+                self._publish(value)
+        stream.record(expected, start, time.monotonic_ns(), kind != "none")
+
+    def _publish(self, action: Any, chunk: Any = None, times_s: Any = None) -> None:
         out = self._out
         if action is None or out is None:
             return
         try:
-            sent = out.send(action, chunk)
+            sent = out.send(action, chunk, times_s)
         except UserError as exc:
             sent, out.last_warning = False, str(exc)
         if not sent and out.last_warning:
@@ -318,6 +367,8 @@ class ControllerNode(LifecycleNode):
             self._estop = engage
             if self.loop is not None:
                 stop = self.loop.set_estop(engage)
+                if engage and self._stream is not None:
+                    self._stream.clear()
                 if self._active:
                     self._publish(stop)
         if engage:
@@ -337,6 +388,8 @@ class ControllerNode(LifecycleNode):
     def _on_reset_stats(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self.loop is not None:
             self.loop.reset_stats()
+        if self._stream is not None:
+            self._stream.reset_stats()
         response.success = self.loop is not None
         response.message = "statistics cleared" if self.loop is not None else "not configured"
         return response
@@ -390,6 +443,10 @@ class ControllerNode(LifecycleNode):
             else:
                 status.level = DiagnosticStatus.OK
                 status.message = f"commanding at {d['achieved_rate_hz']:.1f} Hz"
+            if self._stream is not None:
+                d.update(self._stream.diagnostics())
+                if status.level == DiagnosticStatus.OK:
+                    status.message = f"commanding at {d['command_rate_hz']:.1f} Hz (policy {d['achieved_rate_hz']:.1f} Hz)"
             d["active"] = self._active
             d["control_rate_hz"] = self.settings.control_rate_hz if self.settings else float("nan")
             status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in d.items()]
