@@ -224,7 +224,7 @@ def run_forward(tmp_path, ros_env, name, controller_params, episodes=2):
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
-    from smiling_ros.ros.msgs import parse_episode_marker
+    from smiling_ros.data.episodes import parse_marker_text as parse_episode_marker
     from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
 
     ctx = rclpy.Context()
