@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated seconds per wall second for recording and deployment (default 5)")
     p.add_argument("--skip-deploy", action="store_true", help="no closed-loop stage over ROS 2")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    from smiling_ros.io.outputs import add_overwrite_argument
+
+    add_overwrite_argument(p)
 
 
 def _stage(title: str) -> None:
@@ -143,6 +146,15 @@ def deploy(cfg, checkpoint: Path, episodes: int, time_scale: float, out_bag: Pat
 
 
 def run(args: argparse.Namespace) -> int:
+    held: list = []
+    try:
+        return _run(args, held)
+    finally:
+        for output in held:
+            output.close()
+
+
+def _run(args: argparse.Namespace, held: list) -> int:
     from smiling_ros.config import load_config
     from smiling_ros.ros.dds_env import ensure_local_dds, ros_available
 
@@ -174,9 +186,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"task '{cfg.task.env}' has no scripted expert: pass --expert CKPT "
                             f"(e.g. from 'smiling-ros train-expert --config {args.config}')")
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: run directory exists and is not empty (choose another --out)")
-    out.mkdir(parents=True, exist_ok=True)
+    from smiling_ros.io.outputs import prepare_output
+
+    output = prepare_output(out, "dir", args.overwrite)
+    held.append(output)
+    output.ensure_dir()
     has_ros = ros_available()
     t_start = time.monotonic()
     timings: dict[str, float] = {}

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-actions", action="store_true", help="fail if the bag has no action topics")
     p.add_argument("--salvage", action="store_true", help="read the complete part of a truncated MCAP")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from smiling_ros.io.outputs import add_overwrite_argument
+
+    add_overwrite_argument(p)
 
 
 def _number(text, flag: str):
@@ -45,12 +48,18 @@ def run(args: argparse.Namespace) -> int:
     gap = _number(args.gap, "--gap")
     from smiling_ros.config import load_config
     from smiling_ros.io.importer import import_bag
+    from smiling_ros.io.outputs import prepare_output
 
     cfg = load_config(args.config)
+    with prepare_output(args.out, "dir", args.overwrite) as out:
+        return _import(args, cfg, out.path, rate, gap, import_bag)
+
+
+def _import(args, cfg, out, rate, gap, import_bag) -> int:
     ds = import_bag(
         args.bag,
         cfg,
-        args.out,
+        out,
         rate_hz=rate,
         gap_s=gap,
         progress=not args.no_progress,

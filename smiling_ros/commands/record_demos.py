@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="env/expert seed (default: config seed)")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (default: generous)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from smiling_ros.io.outputs import add_overwrite_argument
+
+    add_overwrite_argument(p)
 
 
 def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
@@ -81,7 +85,7 @@ def _discard_or_keep(out: Path, marker_topic: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from smiling_ros.config import load_config
-    from smiling_ros.ros.dds_env import child_env, free_domain_id, ros_available
+    from smiling_ros.ros.dds_env import ros_available
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
@@ -99,13 +103,38 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--expert {args.expert}: checkpoint not found")
     horizon = env.spec.max_episode_steps or 1000
     env.close()
-    out = Path(args.out).resolve()
-    if out.exists():
-        raise UserError(f"{args.out}: output bag already exists (choose a new --out)")
-    if not out.parent.is_dir():
-        raise UserError(f"{args.out}: parent directory does not exist")
     if not ros_available():
         raise UserError("record-demos needs ROS 2 (rclpy): pip install 'smiling_ros[ros]' or source a ROS 2 install")
+    from smiling_ros.io.outputs import prepare_output, require_name
+
+    final = require_name(args.out).resolve()
+    with prepare_output(final, "dir", args.overwrite) as output:
+        if not output.existed:
+            return _record(args, cfg, final, horizon)
+        # --overwrite: record beside it, then the new bag replaces the old one (only a bag is replaced)
+        foreign = sorted(p.name for p in final.iterdir()
+                         if p.name != "metadata.yaml" and p.suffix not in (".mcap", ".db3"))
+        if foreign:
+            raise UserError(f"{final}: holds files that are not part of a bag ({', '.join(foreign[:3])}); "
+                            "a bag replaces its directory as a whole: choose another --out")
+        tmp = final.with_name(f".{final.name}.recording")
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp)  # a recording of ours killed before it replaced the bag
+        try:
+            rc = _record(args, cfg, tmp, horizon)
+            old = final.with_name(f".{final.name}.old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            return rc
+        finally:
+            if os.path.lexists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _record(args, cfg, out: Path, horizon: int) -> int:
+    from smiling_ros.ros.dds_env import child_env, free_domain_id
+
 
     domain = os.environ.get("ROS_DOMAIN_ID") or str(free_domain_id())
     env_vars = child_env(int(domain))

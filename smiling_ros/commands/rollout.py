@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from smiling_ros.io.outputs import add_overwrite_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="task config (YAML file or shipped name)")
@@ -16,27 +18,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--seed", type=int, default=None, help="first episode's reset seed (default: config seed + 100)")
     p.add_argument("--state-only", action="store_true", help="drop the actions (state-only demonstrations)")
-    p.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
+    add_overwrite_argument(p)
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # older name
     p.add_argument("--device", default="cpu")
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from smiling_ros.config import load_config
+    from smiling_ros.errors import UserError
 
+    cfg = load_config(args.config)
+    if args.episodes < 1:
+        raise UserError(f"--episodes: must be >= 1, got {args.episodes}")
+    from smiling_ros.io.outputs import prepare_output
+
+    with prepare_output(args.out, "dir", args.overwrite) as output:
+        return _rollout(args, cfg, output.path)
+
+
+def _rollout(args, cfg, out) -> int:
     import numpy as np
 
-    from smiling_ros.config import load_config
     from smiling_ros.data.dataset import Dataset
     from smiling_ros.data.evaluation import expert_spec, resolve_policy, run_episodes
     from smiling_ros.errors import UserError
     from smiling_ros.methods.smiling.trainer import default_env_fn
 
-    cfg = load_config(args.config)
-    if args.episodes < 1:
-        raise UserError(f"--episodes: must be >= 1, got {args.episodes}")
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out}: already exists (pass --force to replace it)")
     spec = args.policy or expert_spec(cfg)
     if spec is None:
         raise UserError(f"{cfg.path}: no --policy given and the config names no expert (expert.checkpoint)")

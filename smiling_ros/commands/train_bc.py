@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from smiling_ros.io.outputs import add_overwrite_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="task config (YAML file or shipped name)")
@@ -13,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    add_overwrite_argument(p)
 
 
 def run(args) -> int:
@@ -21,12 +24,14 @@ def run(args) -> int:
 
     from smiling_ros.config import load_config
     from smiling_ros.data.dataset import Dataset
+    from smiling_ros.io.outputs import prepare_output
     from smiling_ros.methods.bc import train_bc
 
     cfg = load_config(args.config)
     ds = Dataset.load(args.dataset)
-    path = train_bc(cfg, ds, args.out, steps=args.steps, device=args.device, progress=not args.no_progress,
-                    seed=args.seed)
+    with prepare_output(args.out, "dir", args.overwrite) as out:
+        path = train_bc(cfg, ds, out.path, steps=args.steps, device=args.device, progress=not args.no_progress,
+                        seed=args.seed, overwrite=args.overwrite)
     from smiling_ros.commands.train_smiling import summary_line
 
     s = json.loads((Path(args.out) / "summary.json").read_text())

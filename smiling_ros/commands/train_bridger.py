@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from smiling_ros.io.outputs import add_overwrite_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="task config (file or shipped name, e.g. arm_reach)")
@@ -25,27 +27,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default bridger.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
-    from pathlib import Path
 
     import torch
 
     from smiling_ros.config import load_config
-    from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
-    from smiling_ros.learn.checkpoint import atomic_write_text
+    from smiling_ros.io.outputs import prepare_output, require_name, sibling
+    from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
     from smiling_ros.learn.device import select_device
-    from smiling_ros.methods.bridger.train import (
-        action_bounds,
-        evaluate_steps,
-        load_section,
-        make_source,
-        train_bridger,
-    )
+    from smiling_ros.methods.bridger.train import load_section
 
     cfg = load_config(args.config)
     sec = load_section(cfg)
@@ -64,26 +59,40 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device or sec.device)
     torch.set_num_threads(1)  # small nets: one thread is fastest on a shared CPU
 
+    out = checkpoint_path(require_name(args.out))
+    spec = args.source or sec.source
+    written = [sidecar(out), sibling(out, ".train.csv"), sibling(out, ".train.png"), sibling(out, ".eval.json")]
+    if spec == "cvae":
+        written += [sibling(out, ".cvae.safetensors"), sibling(out, ".cvae.json"), sibling(out, ".cvae.csv"),
+                    sibling(out, ".cvae.png")]
+    from smiling_ros.data.dataset import Dataset
+
     ds = Dataset.load(args.dataset)
     ds.require_actions("train-bridger")
     task = ds.meta.get("task") or ""
     if task and cfg.task.env and task != cfg.task.env:
         raise UserError(f"{args.dataset}: recorded for task '{task}', but {cfg.path} is for '{cfg.task.env}'")
+    with prepare_output(out, "file", args.overwrite, also=written) as output:
+        return _run(args, cfg, sec, episodes, seed, device, output.path, spec, ds, task)
+
+
+def _run(args, cfg, sec, episodes, seed, device, out, spec, ds, task) -> int:
+    import json
+
+    from smiling_ros.io.outputs import sibling
+    from smiling_ros.learn.checkpoint import atomic_write_text
+    from smiling_ros.methods.bridger.train import action_bounds, evaluate_steps, make_source, train_bridger
+
     low, high, bounds_from = action_bounds(cfg, ds)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(".safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spec = args.source or sec.source
     progress = not args.no_progress
     print(f"train-bridger: {ds.num_episodes} episodes, {len(ds.obs)} steps, obs {ds.obs_dim}, act {ds.act_dim}; "
           f"source {spec}; bounds from {bounds_from}; device {device}")
     source = make_source(spec, ds, cfg, sec, seed=seed, out=out, progress=progress, device=device)
     policy = train_bridger(ds, source, sec, low, high, seed=seed, progress=progress,
-                           log_path=out.with_suffix(".train.csv"), device=device,
+                           log_path=sibling(out, ".train.csv"), device=device,
                            meta={"task": task or cfg.task.env, "config": cfg.to_dict(), "source_spec": spec})
     path = policy.save(out)
-    print(f"train-bridger: wrote {path} (log {out.with_suffix('.train.csv')}, plot {out.with_suffix('.train.png')})")
+    print(f"train-bridger: wrote {path} (log {sibling(out, '.train.csv')}, plot {sibling(out, '.train.png')})")
 
     if episodes and cfg.task.env:
         from smiling_ros.envs import ARM_REACH, make_env_from_config, passing_side
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         side_fn = passing_side if cfg.task.env == ARM_REACH else None
         rows = evaluate_steps(policy, lambda: make_env_from_config(cfg), list(sec.eval_steps), episodes,
                               seed=seed + 10_000, side_fn=side_fn, progress=progress)
-        atomic_write_text(out.with_suffix(".eval.json"),
+        atomic_write_text(sibling(out, ".eval.json"),
                           json.dumps({"checkpoint": str(path), "source": source.name, "results": rows}, indent=1))
         print(f"{'steps':>5} {'success':>8} {'return':>14}" + ("  sides (L/R/none)" if side_fn else ""))
         for r in rows:
@@ -101,5 +110,5 @@ def run(args: argparse.Namespace) -> int:
                 s = r["sides"]
                 line += f"  {s['left']}/{s['right']}/{s['none']}"
             print(line)
-        print(f"train-bridger: evaluation in {out.with_suffix('.eval.json')}")
+        print(f"train-bridger: evaluation in {sibling(out, '.eval.json')}")
     return 0

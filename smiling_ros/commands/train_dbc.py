@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from smiling_ros.io.outputs import add_overwrite_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="task config (YAML path or shipped name)")
@@ -22,19 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=None, help="use only the first N episodes of the dataset")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: config seed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_overwrite_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
-
-    import torch
 
     from smiling_ros.config import load_config
     from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
+    from smiling_ros.io.outputs import prepare_output, require_name, sibling
+    from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
     from smiling_ros.learn.common import action_bounds, check_dataset_dims
-    from smiling_ros.methods.dbc.train import DBCConfig, JointDiffusion, train_dbc
+    from smiling_ros.methods.dbc.train import DBCConfig, JointDiffusion
 
     cfg = load_config(args.config)
     dcfg = cfg.section(DBCConfig, "dbc")
@@ -60,18 +62,30 @@ def run(args: argparse.Namespace) -> int:
     check_dataset_dims(ds, cfg)
     low, high = action_bounds(cfg, ds)
     dm = JointDiffusion.load(args.dm, ds.obs_dim, ds.act_dim) if args.dm and dcfg.lambda_dm > 0 else None
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(".safetensors")
+    out = checkpoint_path(require_name(args.out))
+    log = sibling(out, "_log")
+    written = [sidecar(out), sibling(log, ".csv"), sibling(log, ".png")]
+    if dcfg.lambda_dm > 0 and dm is None:
+        written += [sibling(out, ".dm.safetensors"), sibling(out, ".dm.json")]
+    with prepare_output(out, "file", args.overwrite, also=written):
+        return _train(args, cfg, dcfg, ds, dm, low, high, out, log)
+
+
+def _train(args, cfg, dcfg, ds, dm, low, high, out, log) -> int:
+    import torch
+
+    from smiling_ros.io.outputs import sibling
+    from smiling_ros.methods.dbc.train import train_dbc
+
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     seed = cfg.seed if args.seed is None else args.seed
     task = ds.meta.get("task") or cfg.task.env
-    res = train_dbc(ds, dcfg, low, high, seed=seed, dm=dm, log_prefix=out.with_name(out.stem + "_log"),
+    res = train_dbc(ds, dcfg, low, high, seed=seed, dm=dm, log_prefix=log,
                     progress=not args.quiet, meta={"task": task, "dataset": str(args.dataset), "config": cfg.to_dict()})
     path = res.policy.save(out)
     if res.dm is not None and dm is None:
-        res.dm.save(out.with_name(out.stem + ".dm.safetensors"), {"task": task})
+        res.dm.save(sibling(out, ".dm.safetensors"), {"task": task})
     last = res.history[-1] if res.history else {}
     print(f"wrote {path} ({res.policy.meta['method']}, {res.wall_s:.0f} s; final bc {last.get('bc', float('nan')):.4f}, "
-          f"dm {last.get('dm', float('nan')):.4f}); log {out.with_name(out.stem + '_log.csv')}")
+          f"dm {last.get('dm', float('nan')):.4f}); log {sibling(log, '.csv')}")
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from smiling_ros.io.outputs import add_overwrite_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="task config (YAML path or shipped name)")
@@ -21,18 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rollouts", action="store_true", help="TD3+BC on the real data only (the ablation)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: config seed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_overwrite_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import dataclasses
-    from pathlib import Path
-
-    import torch
 
     from smiling_ros.config import load_config
     from smiling_ros.data.dataset import Dataset
+    from smiling_ros.errors import UserError
+    from smiling_ros.io.outputs import prepare_output, require_name, sibling
+    from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
     from smiling_ros.learn.common import action_bounds, check_dataset_dims
-    from smiling_ros.methods.dydiff.train import DyDiffConfig, train_offline, train_world_model
+    from smiling_ros.methods.dydiff.train import DyDiffConfig
 
     cfg = load_config(args.config)
     dcfg = cfg.section(DyDiffConfig, "dydiff")
@@ -44,23 +48,37 @@ def run(args: argparse.Namespace) -> int:
     ds.require_actions("train-dydiff")
     check_dataset_dims(ds, cfg)
     low, high = action_bounds(cfg, ds)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(".safetensors")
+    out = checkpoint_path(require_name(args.out))
+    log = sibling(out, "_log")
+    pout = checkpoint_path(require_name(args.policy_out, "--policy-out")) if args.policy_out is not None else None
+    plog = sibling(pout, "_log") if pout is not None else None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(prepare_output(out, "file", args.overwrite,
+                                           also=[sidecar(out), sibling(log, ".csv"), sibling(log, ".png")]))
+        if pout is not None:
+            if pout == out:
+                raise UserError(f"--policy-out: {pout} is also --out; give the policy another name")
+            stack.enter_context(prepare_output(pout, "file", args.overwrite, what="--policy-out",
+                                               also=[sidecar(pout), sibling(plog, ".csv"), sibling(plog, ".png")]))
+        return _train(args, cfg, dcfg, ds, low, high, out, log, pout, plog)
+
+
+def _train(args, cfg, dcfg, ds, low, high, out, log, pout, plog) -> int:
+    import torch
+
+    from smiling_ros.methods.dydiff.train import train_offline, train_world_model
+
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     seed = cfg.seed if args.seed is None else args.seed
     task = ds.meta.get("task") or cfg.task.env
-    wm = train_world_model(ds, dcfg, low, high, seed=seed, log_prefix=out.with_name(out.stem + "_log"),
+    wm = train_world_model(ds, dcfg, low, high, seed=seed, log_prefix=log,
                            progress=not args.quiet, meta={"task": task, "dataset": str(args.dataset)},
                            max_episode_steps=cfg.task.max_episode_steps)
     path = wm.save(out, {"config": cfg.to_dict()})
     print(f"wrote {path} (world model, H={wm.H}, reward: {wm.meta['reward_kind']}, {wm.meta['train_wall_s']:.0f} s)")
-    if args.policy_out:
-        pout = Path(args.policy_out)
-        if pout.suffix != ".safetensors":
-            pout = pout.with_suffix(".safetensors")
+    if pout is not None:
         agent = train_offline(ds, dcfg, low, high, world_model=None if args.no_rollouts else wm, seed=seed,
-                              steps=args.offline_steps, log_prefix=pout.with_name(pout.stem + "_log"),
+                              steps=args.offline_steps, log_prefix=plog,
                               progress=not args.quiet,
                               meta={"task": task, "max_episode_steps": cfg.task.max_episode_steps, "world_model": str(path)})
         ppath = agent.policy().save(pout)

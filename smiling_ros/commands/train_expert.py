@@ -5,7 +5,8 @@ goes to ``--run-dir`` (default: CKPT without suffix + ``_run/``)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from smiling_ros.io.outputs import add_overwrite_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,29 +19,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--no-progress", action="store_true")
+    add_overwrite_argument(p)
 
 
 def run(args) -> int:
     import torch
 
     from smiling_ros.config import load_config
-    from smiling_ros.data.evaluation import evaluate
-    from smiling_ros.learn.policy import load_policy
     from smiling_ros.methods.smiling.config import expert_section
-    from smiling_ros.methods.smiling.trainer import default_env_fn
     from smiling_ros.methods.smiling.trainer import run as run_loop
 
     if torch.get_num_threads() > 4:
         torch.set_num_threads(4)
+    import contextlib
+
+    from smiling_ros.io.outputs import prepare_output, require_name, sibling
+    from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
+
     cfg = load_config(args.config)
     ex = expert_section(cfg)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(".safetensors")
-    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + "_run")
+    out = checkpoint_path(require_name(args.out))
+    run_dir = require_name(args.run_dir, "--run-dir") if args.run_dir is not None else sibling(out, "_run")
     steps = args.steps if args.steps is not None else ex.steps
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(prepare_output(out, "file", args.overwrite, also=[sidecar(out)]))
+        stack.enter_context(prepare_output(run_dir, "dir", args.overwrite, resume=args.resume, what="--run-dir"))
+        return _train(args, cfg, ex, out, run_dir, steps, run_loop)
+
+
+def _train(args, cfg, ex, out, run_dir, steps, run_loop) -> int:
+    from smiling_ros.data.evaluation import evaluate
+    from smiling_ros.learn.policy import load_policy
+    from smiling_ros.methods.smiling.trainer import default_env_fn
+
     ppath = run_loop("sac", cfg, None, run_dir, total_steps=steps, resume=args.resume, device=args.device,
-                     progress=not args.no_progress, seed=args.seed, sac_opts=ex.sac,
+                     progress=not args.no_progress, seed=args.seed, sac_opts=ex.sac, overwrite=args.overwrite,
                      loop_opts={"eval_every": ex.eval_every, "eval_episodes": ex.eval_episodes,
                                 "checkpoint_every": ex.checkpoint_every, "log_every": 1000})
     pol = load_policy(ppath, device="cpu")

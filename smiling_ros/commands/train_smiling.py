@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from smiling_ros.io.outputs import add_overwrite_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="task config (YAML file or shipped name)")
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-model", default=None, metavar="CKPT",
                    help="train against a DyDiff world model instead of the simulator")
     p.add_argument("--no-progress", action="store_true")
+    add_overwrite_argument(p)
 
 
 def _n_envs(text: str) -> int:
@@ -61,12 +64,15 @@ def run_method(args, method: str) -> int:
 
     if torch.get_num_threads() > 4:
         torch.set_num_threads(4)
+    from smiling_ros.io.outputs import prepare_output
+
     cfg = load_config(args.config)
     ds = Dataset.load(args.dataset)
     env_fn, eval_fn = env_fns(cfg, args.world_model)
-    path = run_loop(method, cfg, ds, args.out, env_fn=env_fn, eval_env_fn=eval_fn, total_steps=args.steps,
-                    resume=args.resume, device=args.device, progress=not args.no_progress, variant=args.variant,
-                    seed=args.seed, n_envs=args.n_envs)
+    with prepare_output(args.out, "dir", args.overwrite, resume=args.resume) as out:
+        path = run_loop(method, cfg, ds, out.path, env_fn=env_fn, eval_env_fn=eval_fn, total_steps=args.steps,
+                        resume=args.resume, device=args.device, progress=not args.no_progress, variant=args.variant,
+                        seed=args.seed, n_envs=args.n_envs, overwrite=args.overwrite)
     _report(args.out, path)
     return 0
 

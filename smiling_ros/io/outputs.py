@@ -219,9 +219,26 @@ class Output:
     'file'), ``existed`` (it was there before: overwrite or resume). Use as a context manager, or
     call :meth:`close` when done."""
 
-    def __init__(self, path: Path, kind: str, existed: bool, lock: _Lock, created: list[Path]):
+    def __init__(self, path: Path, kind: str, existed: bool, lock: _Lock, created: list[Path],
+                 also: Iterable[Path] = ()):
         self.path, self.kind, self.existed = path, kind, existed
         self._lock, self._created = lock, created
+        self._before = _identity(path)
+        self._new_also = [p for p in also if not os.path.lexists(p)]
+
+    def written(self) -> bool:
+        """Whether the output itself was written (created or replaced) since it was prepared."""
+        now = _identity(self.path)
+        return now is not None and now != self._before
+
+    def discard_partial(self) -> None:
+        """After a failure: a file output that was never written leaves none of the files beside it
+        that this run created (logs of a run without its checkpoint)."""
+        if self.kind == "file" and not self.written():
+            for p in self._new_also:
+                with contextlib.suppress(OSError):
+                    if os.path.isfile(p) and not os.path.islink(p):
+                        os.unlink(p)
 
     def file(self, name: str | Path) -> Path:
         """A path inside a directory output (``name`` relative), or ``name`` itself when absolute."""
@@ -261,9 +278,19 @@ class Output:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard_partial()
         self.close()
         if isinstance(exc, OSError) and not isinstance(exc, UserError):
             raise os_error(exc, exc.filename or self.path, "write") from None
+
+
+def _identity(p: Path) -> Optional[tuple[int, int, int]]:
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _make_dirs(d: Path, created: list[Path]) -> None:
@@ -368,7 +395,15 @@ def prepare_output(path: str | Path, kind: str = "file", overwrite: bool = False
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
-    return Output(p, kind, existed, lock, created)
+    return Output(p, kind, existed, lock, created, [Path(a) for a in also])
+
+
+def require_name(path, what: str = "--out") -> Path:
+    """``path`` as a Path, refusing an empty name and names that end in '.' or '..' (they name no new
+    output). For names that are derived from before :func:`prepare_output` sees them."""
+    if path is None or str(path).strip() == "" or Path(str(path)).name in ("", ".", ".."):
+        raise UserError(f"{what}: {str(path)!r} names no new output; give a file or directory name")
+    return Path(path)
 
 
 def add_overwrite_argument(parser) -> None:

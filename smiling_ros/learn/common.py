@@ -91,7 +91,7 @@ class TrainLog:
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self.fields = ["step"] + list(fields)
         self.rows: list[dict[str, Any]] = []
-        self._f = open(self.prefix.with_suffix(".csv"), "w", newline="")
+        self._f = open(self.prefix.with_name(self.prefix.name + ".csv"), "w", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=self.fields)
         self._w.writeheader()
 
@@ -103,7 +103,7 @@ class TrainLog:
 
     def close(self, title: str = "") -> Path:
         self._f.close()
-        return plot_rows(self.rows, self.fields[1:], self.prefix.with_suffix(".png"), title)
+        return plot_rows(self.rows, self.fields[1:], self.prefix.with_name(self.prefix.name + ".png"), title)
 
 
 def plot_rows(rows: list[dict[str, Any]], fields: list[str], path: Path, title: str = "") -> Path:

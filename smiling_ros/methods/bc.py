@@ -25,7 +25,7 @@ from smiling_ros.learn.checkpoint import atomic_write_text
 
 
 def train_bc(cfg, dataset, out_dir, env_fn=None, steps: Optional[int] = None, device: str = "auto", callback=None,
-             progress: bool = True, seed: Optional[int] = None) -> Path:
+             progress: bool = True, seed: Optional[int] = None, overwrite: bool = False) -> Path:
     from smiling_ros.data.dataset import Normalizer
     from smiling_ros.data.evaluation import evaluate, expert_spec, reference_returns
     from smiling_ros.learn.device import select_device
@@ -62,8 +62,8 @@ def train_bc(cfg, dataset, out_dir, env_fn=None, steps: Optional[int] = None, de
     if len(dataset.obs) < 2:
         raise UserError(f"{name}: needs at least 2 demonstration pairs for BC")
     out = Path(out_dir)
-    if (out / "policy.safetensors").exists():
-        raise UserError(f"{out}: already holds a trained policy; choose another --out")
+    if (out / "policy.safetensors").exists() and not overwrite:
+        raise UserError(f"{out}: already holds a trained policy; pass --overwrite to replace it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     for f in ("train.csv", "eval.csv"):  # logs of an interrupted earlier attempt
         if (out / f).exists():
@@ -100,7 +100,8 @@ def train_bc(cfg, dataset, out_dir, env_fn=None, steps: Optional[int] = None, de
     n = obs_n.shape[0]
     bs = min(bc.batch_size, n)
     losses = []
-    stopped = False
+    stopped = interrupted = False
+    step = 0
     try:
         for step in range(1, steps + 1):
             idx = torch.randint(0, n, (bs,), generator=gen).to(dev)
@@ -123,11 +124,15 @@ def train_bc(cfg, dataset, out_dir, env_fn=None, steps: Optional[int] = None, de
                 if callback is not None and callback({"step": step, "metrics": {f"eval/{k}": v for k, v in res.items()}}) is False:
                     stopped = True
                     break
+    except KeyboardInterrupt:  # SIGINT: the policy at this step is saved, so the logs end at a checkpoint
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
         if env is not None:
             env.close()
+    if step == 0:
+        raise KeyboardInterrupt
     ppath = policy(step).save(out / "policy.safetensors")
     if callback is not None:
         callback({"step": step, "checkpoint": str(ppath)})
@@ -135,7 +140,10 @@ def train_bc(cfg, dataset, out_dir, env_fn=None, steps: Optional[int] = None, de
     atomic_write_text(out / "summary.json", json.dumps({
         "method": "bc", "task": task, "seed": seed, "steps": step, "stopped_early": stopped, "policy": str(ppath),
         "references": references, "final_loss": float(np.mean(losses[-100:])),
-        "final_eval": (eval_log.read() or [None])[-1], "train_s": time.perf_counter() - t0}, indent=1, default=str))
+        "final_eval": (eval_log.read() or [None])[-1], "train_s": time.perf_counter() - t0,
+        "interrupted": interrupted}, indent=1, default=str))
+    if interrupted:
+        raise KeyboardInterrupt
     return ppath
 
 

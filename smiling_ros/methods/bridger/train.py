@@ -21,6 +21,7 @@ import torch
 from smiling_ros.config import positive
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
+from smiling_ros.io.outputs import sibling
 from smiling_ros.methods.bridger.interpolants import EPS_KINDS, KINDS, Interpolant
 from smiling_ros.methods.bridger.nets import BridgerNet, Ema, check_activation, denoiser_loss, velocity_loss
 from smiling_ros.methods.bridger.policy import BridgerPolicy
@@ -160,10 +161,10 @@ def make_source(spec: str, ds: Dataset, cfg=None, section: Optional[BridgerConfi
         return GaussianSource(ds.obs_dim, act_norm, seed)
     if spec == "cvae":
         pol = train_cvae(ds, section.cvae, seed=seed, progress=progress,
-                         log_path=None if out is None else out.with_suffix(".cvae.csv"))
+                         log_path=None if out is None else sibling(out, ".cvae.csv"))
         ckpt_path = None
         if out is not None:
-            ckpt_path = pol.save(out.with_suffix(".cvae.safetensors"), {"task": ds.meta.get("task", "")})
+            ckpt_path = pol.save(sibling(out, ".cvae.safetensors"), {"task": ds.meta.get("task", "")})
         from smiling_ros.learn.checkpoint import load_checkpoint
 
         if ckpt_path is not None:

@@ -238,7 +238,7 @@ class _Timer:
 def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Optional[int] = None,
         resume: bool = False, device: str = "auto", callback: Optional[Callback] = None, progress: bool = True,
         variant: Optional[str] = None, eval_env_fn: Optional[EnvFn] = None, seed: Optional[int] = None,
-        sac_opts=None, loop_opts: Optional[dict] = None, n_envs: Optional[int] = None) -> Path:
+        sac_opts=None, loop_opts: Optional[dict] = None, n_envs: Optional[int] = None, overwrite: bool = False) -> Path:
     """One RL run on SMILING's loop. ``method``: 'smiling' | 'dac' | 'sac' (env reward, no
     dataset needed). ``sac_opts`` overrides ``smiling.sac`` (train-expert passes ``expert.sac``);
     ``loop_opts`` overrides other ``smiling`` keys (eval_every, checkpoint_every, ...);
@@ -260,9 +260,9 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
     sac_o = sac_opts or opts.sac
     out = Path(out_dir)
     state_path = out / "state.safetensors"
-    if state_path.exists() and not resume:
-        raise UserError(f"{out}: already holds a training run (state.safetensors); pass --resume to continue it "
-                        f"or choose another --out")
+    if state_path.exists() and not resume and not overwrite:
+        raise UserError(f"{out}: already holds a training run (state.safetensors); pass --resume to continue it, "
+                        f"--overwrite to start it again, or choose another --out")
     if resume and not state_path.exists():
         raise UserError(f"{out}: nothing to resume (no state.safetensors)")
     if n_envs is not None and (isinstance(n_envs, bool) or int(n_envs) != n_envs or n_envs < 1):
