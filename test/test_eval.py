@@ -101,7 +101,7 @@ def test_train_expert_rollout_and_bad_rollout_out(tmp_path, capsys):
     assert ds.meta["expert_return"] == pytest.approx(np.mean(ds.meta["returns"]))
     assert abs(ds.meta["expert_return"] - pol.meta["expert_return"]) < 1000
     capsys.readouterr()
-    # an existing dataset is never overwritten without --force
+    # an existing dataset is never overwritten without --overwrite
     assert main(["rollout", "--config", str(cfgp), "--policy", "random", "--episodes", "1", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert Dataset.load(out).num_episodes == 2

@@ -178,14 +178,19 @@ def test_short_fragments_dropped_and_reported(tmp_path, capsys):
 def test_reimport_replaces_dataset_atomically(tmp_path, capsys):
     info = demo_bag(tmp_path / "bag", "mcap", episodes=2, seconds=1.0)
     cfg = write_config(tmp_path / "cfg.yaml")
-    for rate in ("20", "10"):
-        rc, _, err = run_cli(capsys, info["path"], "--config", cfg, "--out", tmp_path / "ds", "--rate", rate, "--no-progress")
-        assert rc == 0, err
+    rc, _, err = run_cli(capsys, info["path"], "--config", cfg, "--out", tmp_path / "ds", "--rate", "20", "--no-progress")
+    assert rc == 0, err
+    # an existing dataset is replaced only when asked to
+    rc, _, err = run_cli(capsys, info["path"], "--config", cfg, "--out", tmp_path / "ds", "--rate", "10", "--no-progress")
+    assert rc == 2 and "pass --overwrite" in err and Dataset.load(tmp_path / "ds").meta["rate_hz"] == 20.0
+    rc, _, err = run_cli(capsys, info["path"], "--config", cfg, "--out", tmp_path / "ds", "--rate", "10", "--no-progress",
+                         "--overwrite")
+    assert rc == 0, err
     assert Dataset.load(tmp_path / "ds").meta["rate_hz"] == 10.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "cfg.yaml", "ds"]
     # a failing re-import leaves the previous dataset as it was
     bad = write_config(tmp_path / "bad.yaml", observation=[{"topic": "/nope", "field": "data"}])
-    rc, _, err = run_cli(capsys, info["path"], "--config", bad, "--out", tmp_path / "ds", "--no-progress")
+    rc, _, err = run_cli(capsys, info["path"], "--config", bad, "--out", tmp_path / "ds", "--no-progress", "--overwrite")
     assert rc == 2 and "'/nope' not in bag" in err
     assert Dataset.load(tmp_path / "ds").meta["rate_hz"] == 10.0
 

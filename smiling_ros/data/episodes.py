@@ -61,11 +61,16 @@ def marker_text(event: str, episode: int, **fields: Any) -> str:
     return json.dumps({"event": event, "episode": int(episode), **fields}, sort_keys=True)
 
 
+MAX_MARKER_BYTES = 1 << 20  # a marker is a short JSON object; nesting and size are bounded
+
+
 def parse_marker_text(text: Any) -> Optional[dict[str, Any]]:
     """The marker dict from a String payload, or None when it is not a marker (live use: ignore it)."""
+    from smiling_ros.io.inputs import parse_json
+
     try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
+        data = parse_json(text, "episode marker", max_bytes=MAX_MARKER_BYTES)
+    except (UserError, TypeError, ValueError, AttributeError):
         return None
     if not isinstance(data, dict) or data.get("event") not in MARKER_EVENTS or "episode" not in data:
         return None
@@ -76,9 +81,11 @@ def parse_marker(text: Any, topic: str, when: str) -> dict[str, Any]:
     """One marker from a recording, strictly: a dict with 'event' (any string; unknown events are
     counted as stray by :func:`marker_intervals`), 'episode' (int or None), 'success' (bool or
     None). Anything that is not a JSON object with a string 'event' is a :class:`UserError`."""
+    from smiling_ros.io.inputs import parse_json
+
     try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+        d = parse_json(text, f"topic '{topic}'", max_bytes=MAX_MARKER_BYTES)
+    except (UserError, TypeError, ValueError, AttributeError):
         d = None
     if not isinstance(d, dict) or not isinstance(d.get("event"), str):
         shown = str(text) if len(str(text)) <= 60 else str(text)[:57] + "..."

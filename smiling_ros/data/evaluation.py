@@ -176,9 +176,14 @@ def resolve_path(name: str, cfg=None) -> Path:
 
 def load_references(path: Path, task: str) -> Optional[dict[str, Any]]:
     """Cached references from ``path`` when they exist and are for ``task``; else None."""
+    from smiling_ros.errors import UserError
+    from smiling_ros.io.inputs import is_regular, load_json_file
+
+    if not is_regular(path):  # absent, or a FIFO/device: never opened
+        return None
     try:
-        ref = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        ref = load_json_file(path, "references", max_bytes=1 << 20)
+    except UserError:
         return None
     return ref if isinstance(ref, dict) and ref.get("task") == task else None
 

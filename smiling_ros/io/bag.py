@@ -13,6 +13,7 @@ the file (and topic, for message errors).
 from __future__ import annotations
 
 import heapq
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class BagWriter:
             raise UserError(f"bag storage must be 'mcap' or 'sqlite3', got '{storage}'")
         self.store = store or typestore()
         self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer.STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: _crc_mcap_writer()}
         self._writer.open()
         self._conns: dict[str, object] = {}
         self.counts: dict[str, int] = {}
@@ -99,11 +101,34 @@ class BagWriter:
         self.close()
 
 
+def _crc_mcap_writer():
+    """rosbags' MCAP writer, with each chunk's CRC-32 filled in (rosbags writes 0, "no checksum";
+    readers, rosbags' own included, then detect a changed byte inside a chunk)."""
+    import zlib
+
+    from rosbags.rosbag2.storage_mcap import McapWriter
+
+    class CrcMcapWriter(McapWriter):
+        def close_chunk(self) -> None:
+            crc = zlib.crc32(self.chunk.bio.getbuffer())
+            start = self.bio.tell()
+            super().close_chunk()
+            end = self.bio.tell()
+            # chunk record: opcode (1), length (8), start time, end time, uncompressed size (3 x 8), CRC (4)
+            self.bio.seek(start + 9 + 24)
+            self.bio.write(struct.pack("<I", crc))
+            self.bio.seek(end)
+
+    return CrcMcapWriter
+
+
 # =========================================================================== reading
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 _MAX_DETAIL = 200  # characters of a library's error message kept in ours
+LOG_TIME_LIMIT = 2**63  # MCAP log times are uint64; rosbag2 and numpy keep them as int64
+MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -283,13 +308,18 @@ class BagReader:
 
     # ------------------------------------------------------------------ opening
     def _resolve_and_open(self) -> None:
+        from smiling_ros.io.inputs import check_file
+
         p = self.path
+        if str(p) == "":
+            raise UserError("bag: empty path")
         if not p.exists():
             raise UserError(f"{p}: bag not found")
-        if p.is_file() and p.name == "metadata.yaml":
+        if p.name == "metadata.yaml" and not p.is_dir():
+            check_file(p, "bag metadata")
             p = p.parent
         if p.is_dir():
-            if (p / "metadata.yaml").exists():
+            if os.path.lexists(p / "metadata.yaml"):
                 self._open_directory(p)
                 return
             files = sorted(
@@ -305,13 +335,22 @@ class BagReader:
     def _open_directory(self, d: Path) -> None:
         from rosbags.rosbag2.reader import DirectoryReader
 
-        try:
-            import yaml
+        from smiling_ros.io.inputs import check_file, parse_yaml, read_text
 
-            meta = yaml.safe_load((d / "metadata.yaml").read_text())
-            storage = str(meta["rosbag2_bagfile_information"]["storage_identifier"])
+        meta = parse_yaml(read_text(d / "metadata.yaml", "bag metadata", MAX_METADATA_BYTES), str(d / "metadata.yaml"),
+                          max_bytes=MAX_METADATA_BYTES)
+        try:
+            info = meta["rosbag2_bagfile_information"]
+            storage = str(info["storage_identifier"])
+            listed = [str(f) for f in info.get("relative_file_paths") or []]
         except Exception as exc:  # noqa: BLE001 - any malformed metadata
             raise UserError(f"{d / 'metadata.yaml'}: not valid rosbag2 metadata ({_detail(exc)})") from None
+        for name in listed:  # storage files: regular files inside the bag, never a FIFO or device
+            f = d / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise UserError(f"{d / 'metadata.yaml'}: storage file '{name}' is outside the bag directory")
+            if os.path.lexists(f):
+                check_file(f, "bag storage file")
         if storage not in ("mcap", "sqlite3"):
             raise UserError(f"{d}: unknown storage '{storage}' in metadata.yaml (supported: mcap, sqlite3)")
         reader = DirectoryReader(d)
@@ -331,8 +370,11 @@ class BagReader:
         from rosbags.rosbag2.storage_mcap import McapReader
         from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
 
+        from smiling_ros.io.inputs import check_file
+
         if f.suffix == ".bag":
             raise UserError(f"{f}: a ROS 1 bag; convert it to rosbag2 first (rosbags-convert)")
+        check_file(f, "bag file")
         if f.stat().st_size == 0:
             raise UserError(f"{f}: empty file (0 bytes)")
         storage = _sniff(f)
@@ -364,6 +406,10 @@ class BagReader:
             conns += list(reader.connections)
             md = reader.metadata
             self.message_count += int(md.message_count)
+            for name, value in (("start", md.start_time), ("end", md.end_time)):
+                if md.message_count and not 0 <= int(value) <= LOG_TIME_LIMIT:
+                    raise UserError(f"{self.path}: bag {name} time {int(value)} ns is outside [0, 2^63] "
+                                    "(corrupt timestamps)")
             if md.message_count:
                 self.start_ns = min(self.start_ns, int(md.start_time))
                 self.end_ns = max(self.end_ns, int(md.end_time))
@@ -417,7 +463,11 @@ class BagReader:
                 return
             except Exception as exc:  # noqa: BLE001 - untrusted file content
                 raise UserError(f"{path}: {_explain(exc, storage)}") from None
-            yield conn.topic, conn.msgtype, int(stamp), data
+            stamp = int(stamp)
+            if not 0 <= stamp < LOG_TIME_LIMIT:
+                raise UserError(f"{path}: topic '{conn.topic}': message log time {stamp} ns is outside "
+                                f"[0, 2^63) (corrupt timestamp)")
+            yield conn.topic, conn.msgtype, stamp, data
 
     def deserialize(self, data, msgtype: str, topic: str = "", stamp_ns: int = 0):
         """CDR bytes -> message object; a corrupt message is a UserError naming topic and time."""

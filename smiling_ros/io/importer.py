@@ -38,7 +38,6 @@ Pipeline:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -181,10 +180,11 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a dataset; refusing to overwrite it (choose another --out)")
     if (out / "meta.json").exists():
         from smiling_ros.data.dataset import FORMAT  # imports torch: only when there is something to check
+        from smiling_ros.io.inputs import load_json_file
 
         try:
-            fmt = json.loads((out / "meta.json").read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
+            fmt = load_json_file(out / "meta.json", "dataset metadata").get("format")
+        except (UserError, AttributeError):
             fmt = None
         if fmt != FORMAT:
             raise UserError(f"{out}: exists and is not a smiling_ros dataset; refusing to overwrite it")

@@ -349,15 +349,16 @@ def _check_existing(p: Path, kind: str, overwrite: bool, resume: bool, what: str
         except OSError as exc:
             raise os_error(exc, p, "list") from None
         if not empty and not (overwrite or resume):
-            raise UserError(f"{p}: exists and is not empty; pass --overwrite to write into it (files of the same "
-                            "names are replaced, others kept) or choose another output")
+            raise UserError(f"{p}: already exists and is not empty; refusing to write into it (pass --overwrite to replace "
+                            "files of the same names, others are kept; or choose another output)")
         return True
     if stat.S_ISDIR(st.st_mode):
         raise UserError(f"{p}: is a directory ({what} names a file)")
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{p}: exists and is {describe_mode(st.st_mode)}; refusing to write over it")
     if not overwrite:
-        raise UserError(f"{p}: already exists; pass --overwrite to replace it or choose another output")
+        raise UserError(f"{p}: already exists; refusing to replace it (pass --overwrite to replace it, or choose "
+                        "another output)")
     return True
 
 

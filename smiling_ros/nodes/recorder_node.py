@@ -149,9 +149,10 @@ class RecorderNode(Node):
         listed = p("topics", None)
         if listed:
             wanted = {t: wanted.get(t, "") for t in listed}
+        from smiling_ros.config import check_topic
+
         for topic in wanted:
-            if not topic.startswith("/"):
-                raise UserError(f"parameter 'topics': topic names must be absolute ('/...'), got '{topic}'")
+            check_topic(topic, "parameter 'topics'")
         self.types = {t: (normalize_type(tp) if tp else "") for t, tp in wanted.items()}
         self.storage = p("storage", cfg.record.storage)
         if self.storage not in ("mcap", "sqlite3"):
