@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train-dbc": ("train_dbc", "diffusion-model-augmented behavioural cloning"),
     "train-dydiff": ("train_dydiff", "diffusion world model for offline RL and SMILING without a simulator"),
     "eval": ("eval", "evaluate a checkpoint: returns, success rate, normalised return"),
+    "announce": ("announce", "hand a checkpoint to running controllers (hot swap), also on another machine"),
 }
 
 

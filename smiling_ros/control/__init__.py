@@ -10,7 +10,7 @@ from smiling_ros.control.checks import (
     resolve_command,
     resolve_limits,
 )
-from smiling_ros.control.loader import PolicyLoader
+from smiling_ros.control.loader import Announced, PolicyLoader, Transferred, checkpoint_for_swap
 from smiling_ros.control.loop import ControlLoop, TickResult
 from smiling_ros.control.realtime import background_priority, set_sched_priority
 from smiling_ros.control.settings import (
@@ -31,8 +31,8 @@ from smiling_ros.control.watchdog import Watchdog
 
 __all__ = [
     "EXECUTORS", "ON_STALE", "STOP_ACTIONS", "WATCHDOG_OK", "WATCHDOG_STALE", "WATCHDOG_WAITING",
-    "ActionSchedule", "CommandStream", "ControlLoop", "ControllerSection", "ControllerSettings", "DeadlineTracker", "LatencyStats", "PolicyLoader",
-    "TickResult", "Watchdog", "background_priority", "check_policy", "check_settings", "expected_act_dim",
+    "ActionSchedule", "Announced", "CommandStream", "ControlLoop", "ControllerSection", "ControllerSettings", "DeadlineTracker", "LatencyStats", "PolicyLoader",
+    "TickResult", "Transferred", "Watchdog", "background_priority", "check_policy", "checkpoint_for_swap", "check_settings", "expected_act_dim",
     "load_controller_policy", "make_assembler", "policy_bounds", "resolve_command", "resolve_limits", "resolve_settings",
     "set_sched_priority",
 ]

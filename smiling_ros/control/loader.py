@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from smiling_ros.control.realtime import background_priority  # noqa
@@ -16,7 +17,10 @@ class PolicyLoader:
     """Loads announced checkpoints in the background; the newest request wins.
 
     ``load(path) -> policy`` may raise :class:`UserError` (reported through ``on_error``);
-    ``on_loaded(policy, path)`` receives each loaded policy.
+    ``on_loaded(policy, path)`` receives each loaded policy; ``load`` may return ``(policy, path)``
+    to name the file it loaded, or None (nothing to swap, e.g. the checkpoint already running).
+    Requests are paths or :class:`Announced` / :class:`Transferred` items (see
+    :func:`checkpoint_for_swap`).
 
     Each load runs in its own worker thread. When a newer announcement arrives while one runs, the
     running load gets ``stuck_after_s`` more seconds to finish; after that it is abandoned (its
@@ -39,7 +43,7 @@ class PolicyLoader:
         self._thread = threading.Thread(target=self._run, name="policy-loader", daemon=True)
         self._thread.start()
 
-    def request(self, path: str) -> None:
+    def request(self, path: Any) -> None:
         with self._cv:
             self._pending = path
             self._cv.notify_all()
@@ -107,16 +111,59 @@ class PolicyLoader:
             error = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         with self._cv:
             current = gen == self._generation and not self._closed
+        label = str(path)
+        if isinstance(result, tuple):  # (policy, the file it came from)
+            result, label = result
         try:
             if not current:
-                self._on_error(path, f"{path}: load superseded by a newer announcement before it finished")
+                self._on_error(str(path), f"{path}: load superseded by a newer announcement before it finished")
             elif error is not None:
-                self._on_error(path, error)
-            else:
-                self._on_loaded(result, path)
+                self._on_error(str(path), error)
+            elif result is not None:
+                self._on_loaded(result, label)
         except Exception:  # noqa: BLE001 - a failing callback must not stop the loader
             pass
         finally:
             with self._cv:
                 done.set()
                 self._cv.notify_all()
+
+
+# --------------------------------------------------------------------------- what a swap loads
+@dataclass
+class Announced:
+    """A checkpoint announced by path (shared disk), with its hash when the announcement had one."""
+
+    path: str
+    sha256: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.path
+
+
+@dataclass
+class Transferred:
+    """A checkpoint received over ROS (bytes as received, unverified)."""
+
+    data: Any
+    source: str
+
+    def __str__(self) -> str:
+        return f"checkpoint transfer on {self.source}"
+
+
+def checkpoint_for_swap(item: Any, max_bytes: int, cache: str = "") -> tuple[str, Optional[str]]:
+    """A verified local checkpoint file for a swap request, and its SHA-256 (None for a bare path).
+
+    A transfer is checked (size limit, SHA-256) and stored in the cache directory before anything
+    reads it as a checkpoint; an announced file is checked against its announced hash. Raises
+    :class:`UserError` (one line) when refused."""
+    from smiling_ros.learn import transfer
+
+    if isinstance(item, Transferred):
+        header, data = transfer.decode(item.data, max_bytes, str(item))
+        return str(transfer.store(header, data, transfer.cache_dir(cache))), header.sha256
+    if isinstance(item, Announced):
+        transfer.verify_file(item.path, item.sha256, max_bytes)
+        return item.path, item.sha256
+    return str(item), None

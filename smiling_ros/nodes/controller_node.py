@@ -61,10 +61,13 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from smiling_ros.control import (
+    Announced,
     CommandStream,
     ControllerSettings,
     ControlLoop,
     PolicyLoader,
+    Transferred,
+    checkpoint_for_swap,
     load_controller_policy,
     make_assembler,
     resolve_command,
@@ -78,6 +81,7 @@ from smiling_ros.ros.commands import CommandOutput
 from smiling_ros.ros.msgs import message_class
 from smiling_ros.ros.node_utils import ParamSpec, declare_params, param
 from smiling_ros.ros.qos import COMMAND, EVENTS, SENSOR
+from smiling_ros.ros.transfer import blob_topic, subscribe_transfers
 
 NODE_NAME = "controller_node"
 
@@ -127,6 +131,7 @@ class ControllerNode(LifecycleNode):
         self._subs: list[Any] = []
         self._out: Optional[CommandOutput] = None
         self._stream: Optional[CommandStream] = None
+        self._swap_sha: Optional[str] = None
         self._timer: Any = None
         self._diag_timer: Any = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -208,6 +213,7 @@ class ControllerNode(LifecycleNode):
         if s.follow_announcements:
             self._loader = PolicyLoader(self._load_for_swap, self._on_policy_loaded, self._on_policy_refused)
             self._subs.append(self.create_subscription(String, s.policy_topic, self._on_announcement, EVENTS))
+            self._subs.append(subscribe_transfers(self, s.policy_topic, self._on_transfer))
         self.destroy_timer(self._diag_timer)
         self._diag_timer = self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
         self.get_logger().info(
@@ -396,22 +402,45 @@ class ControllerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ hot swap
     def _on_announcement(self, msg: String) -> None:
-        path = msg.data.strip()
+        from pathlib import Path
+
+        from smiling_ros.learn.transfer import parse_announcement
+
+        try:
+            ann = parse_announcement(msg.data)
+        except UserError as exc:
+            self.get_logger().error(f"hot swap refused: {exc}")
+            return
+        path = ann["path"]
         if not path or self._loader is None:
             return
+        if ann["sha256"] and not Path(path).exists():
+            self.get_logger().info(f"policy announced: {path} is not on this machine; waiting for its transfer "
+                                   f"on {blob_topic(self.settings.policy_topic)}")
+            return
         self.get_logger().info(f"policy announced: {path}; loading")
-        self._loader.request(path)
+        self._loader.request(Announced(path, ann["sha256"]))
 
-    def _load_for_swap(self, path: str) -> Any:
+    def _on_transfer(self, data: Any) -> None:
+        if self._loader is not None:
+            self.get_logger().info(f"checkpoint received on {blob_topic(self.settings.policy_topic)} "
+                                   f"({len(data)} bytes); verifying")
+            self._loader.request(Transferred(data, blob_topic(self.settings.policy_topic)))
+
+    def _load_for_swap(self, item: Any) -> Any:
         s, loop = self.settings, self.loop
         if s is None or loop is None:
-            raise UserError(f"{path}: not configured")
+            raise UserError(f"{item}: not configured")
+        path, sha = checkpoint_for_swap(item, int(s.max_checkpoint_mb * 1e6), s.checkpoint_cache)
+        if sha is not None and sha == self._swap_sha:
+            return None  # the same checkpoint announced twice (by path and by transfer)
         policy = load_controller_policy(path, s, self._obs_dim)
         if int(policy.act_dim) != loop.act_dim:
             raise UserError(f"{path}: checkpoint for another robot: act_dim is {policy.act_dim} but the limits "
                             f"have {loop.act_dim} elements")
         resolve_command(s.config, policy, path, loop.low, loop.high, s.period_ns / 1e9, s.command_topic)
-        return policy
+        self._swap_sha = sha
+        return policy, path
 
     def _on_policy_loaded(self, policy: Any, path: str) -> None:
         loop = self.loop

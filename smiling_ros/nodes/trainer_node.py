@@ -82,6 +82,8 @@ PARAMETERS: ParamSpec = {
                     "(a resumed run keeps its own); backend 'ros' is always 1 env"),
     "policy_topic": (str, "new-checkpoint announcements; unset: the config's topics.policy"),
     "keep_policies": (int, "announced policy copies kept in out_dir/policies (oldest deleted); default 10"),
+    "transfer_checkpoints": (bool, "also send each announced checkpoint's bytes on <policy_topic>/checkpoint, for "
+                                   "a controller on another machine (JSON announcements); default false"),
 }
 
 # metric name in the trainer's events -> key in /diagnostics
@@ -114,6 +116,7 @@ class TrainerSettings:
     policy_topic: str
     keep_policies: int
     n_envs: Optional[int] = None  # passed to the trainer; None: the config's (or a resumed run's)
+    transfer_checkpoints: bool = False
 
 
 def read_settings(node: Node) -> TrainerSettings:
@@ -176,7 +179,8 @@ def read_settings(node: Node) -> TrainerSettings:
         n_envs = 1
     return TrainerSettings(cfg, Path(dataset), Path(p("out_dir", "runs/smiling")), steps, backend, method,
                            p("device", "auto"), p("resume", False), p("seed"), reset_service, robot_mode,
-                           timeout_s, end_grace_s, policy_topic, keep, n_envs if method != "bc" else None)
+                           timeout_s, end_grace_s, policy_topic, keep, n_envs if method != "bc" else None,
+                           bool(p("transfer_checkpoints", False)))
 
 
 class TrainerNode(Node):
@@ -200,6 +204,11 @@ class TrainerNode(Node):
         self.fn = self._method_fn(s.method)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.pub_policy = self.create_publisher(String, s.policy_topic, EVENTS)
+        self.announcer = None
+        if s.transfer_checkpoints:
+            from smiling_ros.ros.transfer import CheckpointAnnouncer
+
+            self.announcer = CheckpointAnnouncer(self, s.policy_topic, inline=True, publisher=self.pub_policy)
         self.done = False
         self.exit_code = 0
         self.result: Optional[Path] = None
@@ -345,7 +354,10 @@ class TrainerNode(Node):
             for f in (old, old.with_suffix(".json")):
                 f.unlink(missing_ok=True)
         path = str(dest.resolve())
-        self.pub_policy.publish(string_msg(path))
+        if self.announcer is not None:
+            self.announcer.announce(path)  # the bytes, then a JSON announcement with path and hash
+        else:
+            self.pub_policy.publish(string_msg(path))
         self.get_logger().info(f"step {step}: new policy {path}")
 
     def _publish_diag(self, level: int, message: str) -> None:
