@@ -36,6 +36,7 @@ setup(
         "transforms3d>=0.4",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "pyarrow>=14",  # LeRobot v3 datasets (parquet): export-lerobot / import-lerobot
     ],
     extras_require={
         # ROS 2 client library and messages as wheels, for installs without a ROS 2 distro.

@@ -15,6 +15,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "the main job end to end on the embedded default task"),
     "record-demos": ("record_demos", "record scripted-expert demonstrations over ROS 2 into a bag"),
     "import-bag": ("import_bag", "turn any rosbag2 (dir, .mcap, .db3) into a dataset"),
+    "export-lerobot": ("export_lerobot", "write a dataset as a LeRobotDataset v3 directory"),
+    "import-lerobot": ("import_lerobot", "read a local LeRobotDataset v3 (state and action features) into a dataset"),
     "train-expert": ("train_expert", "train an expert with SAC on the true reward"),
     "rollout": ("rollout", "roll out a policy or expert in simulation into a dataset or bag"),
     "train-smiling": ("train_smiling", "learn a policy from demonstrations with SMILING"),
