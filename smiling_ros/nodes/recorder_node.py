@@ -18,7 +18,15 @@ the last /clock value published before it (see :class:`SimTimeStamper`), so a si
 faster than real time still yields a bag stamped at its control rate. Gaps in each publisher's
 sequence numbers are counted as lost messages.
 
-Episode markers (std_msgs/String JSON ``{"event": "start"|"end", "episode": k, ...}``) are also
+Marking takes: the services ``~/start_episode``, ``~/stop_episode`` and ``~/discard_episode``
+(std_srvs/Trigger) start, end or discard the current take; a joystick button does the same without
+a keyboard (``joy_topic``, sensor_msgs/Joy: ``joy_button`` starts a take and, pressed again, ends
+it; ``joy_discard_button`` discards it; defaults from the config's ``record:`` section). Each
+request publishes an episode marker on ``topics.episode`` (reliable, transient local), which is
+recorded like any other marker; a request that does not apply (stop with no open take) answers
+``success: false`` and publishes nothing.
+
+Episode markers (std_msgs/String JSON ``{"event": "start"|"end"|"discard", "episode": k, ...}``) are also
 echoed on stdout as ``EPISODE {json}`` lines for a parent process to follow; with
 ``max_episodes`` the node stops itself after that many "end" markers (after ``drain_s`` more
 seconds of recording, so messages in flight are kept). On SIGINT/SIGTERM or when stopping, the
@@ -57,11 +65,17 @@ PARAMETERS: ParamSpec = {
     "depth": (int, "subscription queue depth (default 1000)"),
     "flush_period_s": (float, "seconds between flushes to disk; a crash loses at most this much (default 1.0; "
                               "0: only when closing)"),
+    "joy_topic": (str, "sensor_msgs/Joy topic whose button marks takes; unset: the config's record.joy_topic "
+                       "(empty: none)"),
+    "joy_button": (int, "Joy button that starts a take and, pressed again, ends it; unset: record.joy_button"),
+    "joy_discard_button": (int, "Joy button that discards the open take (-1: none); unset: "
+                                "record.joy_discard_button"),
 }
 
 _BATCH = 1000  # messages taken per executor callback at most
 
-_KNOWN_TYPES = {"joint_states": "sensor_msgs/msg/JointState", "episode": "std_msgs/msg/String"}
+_KNOWN_TYPES = {"joint_states": "sensor_msgs/msg/JointState", "episode": "std_msgs/msg/String",
+                "joy": "sensor_msgs/msg/Joy"}
 
 
 def topics_from_config(cfg) -> dict[str, str]:
@@ -72,6 +86,8 @@ def topics_from_config(cfg) -> dict[str, str]:
             out[spec.topic] = spec.type or out.get(spec.topic, "")
     out.setdefault(cfg.topics.joint_states, _KNOWN_TYPES["joint_states"])
     out[cfg.topics.episode] = _KNOWN_TYPES["episode"]
+    if cfg.record.joy_topic:
+        out.setdefault(cfg.record.joy_topic, _KNOWN_TYPES["joy"])
     for topic in cfg.record.extra_topics:
         out.setdefault(topic, "")
     return out
@@ -189,9 +205,69 @@ class RecorderNode(Node):
         self.stamper = SimTimeStamper(self.writer) if self.use_sim_time else None
         self.lost: dict[str, int] = {}  # messages missing from publishers' sequence numbers, per topic
         self._last_seq: dict[tuple[str, bytes], int] = {}
+        self._setup_takes(cfg, p)
         self._poll_timer = self.create_timer(0.05, self._poll, clock=steady_clock())
         self.get_logger().info(f"recording {sorted(self.types)} to {self.output} ({self.storage})"
                                + (" in simulated time" if self.use_sim_time else ""))
+
+    # ------------------------------------------------------------------ marking takes
+    def _setup_takes(self, cfg, p) -> None:
+        """The episode services and the optional joystick button (see the module docstring)."""
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+
+        from smiling_ros.config import RecordSection, build
+        from smiling_ros.data.episodes import JoyButtons, Takes
+        from smiling_ros.ros.qos import EVENTS, SENSOR
+
+        joy_topic = p("joy_topic", cfg.record.joy_topic)
+        rec = build(RecordSection, {"joy_topic": joy_topic, "joy_button": p("joy_button", cfg.record.joy_button),
+                                    "joy_discard_button": p("joy_discard_button", cfg.record.joy_discard_button)},
+                    "parameters")
+        self.takes = Takes()
+        self._marker_pub = self.create_publisher(String, self.marker_topic, EVENTS)
+        self.types.setdefault(self.marker_topic, _KNOWN_TYPES["episode"])  # markers are always recorded
+        for name, request in (("start", self.takes.start), ("stop", self.takes.stop),
+                              ("discard", self.takes.discard)):
+            self.create_service(Trigger, f"~/{name}_episode",
+                                lambda req, res, request=request: self._take_service(request, res))
+        self.joy = None
+        if rec.joy_topic:
+            from sensor_msgs.msg import Joy
+
+            self.joy = JoyButtons(rec.joy_topic, rec.joy_button, rec.joy_discard_button)
+            self.types.setdefault(rec.joy_topic, _KNOWN_TYPES["joy"])
+            self._joy_sub = self.create_subscription(Joy, rec.joy_topic, self._on_joy, SENSOR)
+            self.get_logger().info(f"takes marked by {rec.joy_topic} button {rec.joy_button}"
+                                   + (f" (discard: button {rec.joy_discard_button})"
+                                      if rec.joy_discard_button >= 0 else ""))
+
+    def _publish_marker(self, marker: dict) -> None:
+        from smiling_ros.data.episodes import marker_text
+        from smiling_ros.ros.msgs import string_msg
+
+        self._marker_pub.publish(string_msg(marker_text(marker["event"], marker["episode"])))
+
+    def _take_service(self, request, response):
+        marker, line = request()
+        if marker is not None:
+            self._publish_marker(marker)
+            self.get_logger().info(line)
+        response.success = marker is not None
+        response.message = line
+        return response
+
+    def _on_joy(self, msg) -> None:
+        try:
+            events = self.joy.update(list(msg.buttons))
+        except UserError as exc:
+            self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
+            return
+        for event in events:
+            marker, line = self.takes.toggle() if event == "toggle" else self.takes.discard()
+            if marker is not None:
+                self._publish_marker(marker)
+                self.get_logger().info(f"{line} ({self.joy.topic})")
 
     # ------------------------------------------------------------------ subscriptions
     def _poll(self) -> None:
