@@ -1,9 +1,10 @@
 """Experiment configuration: one YAML file per task/robot.
 
 The file has fixed top-level sections (checked strictly: an unknown key or a wrong type is a
-one-line error naming the file and the key). Method sections (``smiling``, ``bridger``, ``dbc``,
-``dydiff``, ``expert``) are kept as mappings here and parsed by the method that owns them with
-:func:`build`, so each method's options live next to its code.
+one-line error naming the file and the key). The other sections are registered in :data:`SECTIONS`
+(``name -> "module:Dataclass"``; the methods' own in :data:`smiling_ros.methods.SECTIONS`): they are
+kept as mappings here and parsed by their owner with :meth:`Config.section`, so each method's options
+live next to its code and a new method adds one line to the registry, none here.
 """
 from __future__ import annotations
 
@@ -392,7 +393,23 @@ class CommandSection:
             raise UserError(f"{where}.scale: must be > 0, got {self.scale}")
 
 
-METHOD_SECTIONS = ("smiling", "bridger", "dbc", "dydiff", "expert", "controller")
+SECTIONS: dict[str, str] = {"controller": "smiling_ros.control.settings:ControllerSection"}
+"""Registered sections besides the methods': name -> ``"module:Dataclass"`` (imported on use)."""
+
+
+def registered_sections() -> dict[str, str]:
+    """Every registered section: :data:`SECTIONS` and :data:`smiling_ros.methods.SECTIONS`."""
+    from smiling_ros.methods import SECTIONS as METHODS
+
+    return {**METHODS, **SECTIONS}
+
+
+def section_class(name: str) -> Any:
+    """The dataclass registered for section ``name``."""
+    import importlib
+
+    mod, _, cls = registered_sections()[name].partition(":")
+    return getattr(importlib.import_module(mod), cls)
 
 
 @dataclass
@@ -408,18 +425,29 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     record: RecordSection = field(default_factory=RecordSection)
     command: CommandSection = field(default_factory=CommandSection)
-    # Method sections, parsed by their owners with build(...).
-    smiling: dict[str, Any] = field(default_factory=dict)
-    bridger: dict[str, Any] = field(default_factory=dict)
-    dbc: dict[str, Any] = field(default_factory=dict)
-    dydiff: dict[str, Any] = field(default_factory=dict)
-    expert: dict[str, Any] = field(default_factory=dict)
-    controller: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     path: str = field(default="", metadata={"internal": True})  # file it was read from (set by load_config)
     # True only for a file the user named (load_config): what a config embedded in a checkpoint or
     # dataset names (e.g. a 'module:Env' id) is never imported.
     trusted: bool = field(default=False, metadata={"internal": True})
+    # Registered sections (registered_sections()) as read, parsed by their owners with section(...).
+    sections: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
+
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.smiling`` etc.: the mapping of a registered section ({} when the file has none)."""
+        if name != "sections" and name in registered_sections():
+            return self.__dict__.setdefault("sections", {}).setdefault(name, {})
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "sections" and name in registered_sections():
+            self.__dict__.setdefault("sections", {})[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def with_section(self, name: str, data: dict[str, Any]) -> "Config":
+        """A copy with section ``name`` replaced by ``data``."""
+        return dataclasses.replace(self, sections={**self.sections, name: dict(data)})
 
     def validate(self, where: str) -> None:
         positive(self.rate_hz, where, "rate_hz")
@@ -433,14 +461,17 @@ class Config:
         return self.command.topic or self.topics.command
 
     def section(self, cls: type[T], name: str) -> T:
-        """Parse method section ``name`` into dataclass ``cls`` (strict, errors name the file)."""
-        return build(cls, getattr(self, name), f"{self.path or 'config'}: {name}")
+        """Parse registered section ``name`` into dataclass ``cls`` (strict, errors name the file)."""
+        return build(cls, self.sections.get(name, {}), f"{self.path or 'config'}: {name}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["import"] = d.pop("import_")
         d.pop("path", None)
         d.pop("trusted", None)
+        sections = d.pop("sections", {})
+        for name in registered_sections():
+            d[name] = sections.get(name, {})
         return d
 
 
@@ -451,14 +482,29 @@ def config_from_dict(data: Any, where: str = "config") -> Config:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a YAML mapping at top level, got {type(data).__name__}")
     data = dict(data)
-    for internal in ("import_", "path", "trusted"):
+    registered = registered_sections()
+    for internal in ("import_", "path", "trusted", "sections"):
         if internal in data:
-            known = ", ".join(sorted(f.name.rstrip("_") for f in dataclasses.fields(Config)
-                                     if not f.metadata.get("internal")))
+            known = ", ".join(sorted([f.name.rstrip("_") for f in dataclasses.fields(Config)
+                                      if not f.metadata.get("internal")] + list(registered)))
             raise UserError(f"{where}: unknown key '{internal}' (known: {known})")
     if "import" in data:
         data["import_"] = data.pop("import")
-    cfg = build(Config, data, f"{where}:")
+    sections = {}
+    for name in registered:
+        if name in data:
+            value = data.pop(name)
+            sections[name] = _coerce({} if value is None else value, dict[str, Any], f"{where}: {name}")
+    try:
+        cfg = build(Config, data, f"{where}:")
+    except UserError as exc:
+        if str(exc).startswith(f"{where}: unknown key '") and "(known: " in str(exc):  # list the sections too
+            text = str(exc)
+            head, _, known = text.partition("(known: ")
+            names = sorted(set(known.rstrip(")").split(", ")) | set(registered))
+            raise UserError(f"{head}(known: {', '.join(names)})") from None
+        raise
+    cfg.sections = sections
     cfg.path = where
     return cfg
 

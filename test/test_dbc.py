@@ -40,18 +40,18 @@ def small_cfg(**kw) -> DBCConfig:
 
 
 def test_diffusion_term_changes_policy_and_losses_fall(demos, tmp_path):
-    dbc = train_dbc(demos, small_cfg(), LOW, HIGH, seed=3, progress=False, log_prefix=tmp_path / "dbc_log")
+    dbc = train_dbc(demos, small_cfg(), LOW, HIGH, seed=3, progress=False, log_path=tmp_path / "dbc.train.csv")
     bc = train_dbc(demos, small_cfg(lambda_dm=0.0), LOW, HIGH, seed=3, progress=False)
     assert dbc.policy.meta["method"] == "dbc" and bc.policy.meta["method"] == "bc"
     a_dbc, a_bc = dbc.policy.act(demos.obs), bc.policy.act(demos.obs)
     assert np.abs(a_dbc - a_bc).max() > 1e-2, "the diffusion term left the policy identical to BC"
     # stage 1 (joint diffusion) and stage 2 (policy) losses fall
-    rows = list(csv.DictReader(open(tmp_path / "dbc_log.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "dbc.train.csv")))
     dm = [float(r["dm_loss"]) for r in rows if r["dm_loss"]]
     loss = [float(r["loss"]) for r in rows if r["loss"]]
     assert dm[-1] < 0.7 * dm[0]
     assert loss[-1] < 0.5 * loss[0]
-    assert (tmp_path / "dbc_log.png").stat().st_size > 0
+    assert (tmp_path / "dbc.train.png").stat().st_size > 0
 
 
 def test_dm_gradient_flows_through_frozen_net_into_policy(demos):
@@ -105,7 +105,7 @@ def test_cli_writes_loadable_mlp_policy(demos, tmp_path, capsys):
     out = tmp_path / "dbc.safetensors"
     assert main(["train-dbc", "--config", cfg, "--dataset", str(tmp_path / "demos"), "--out", str(out),
                  "--steps", "150", "--quiet"]) == 0
-    for name in ("dbc.safetensors", "dbc.json", "dbc.dm.safetensors", "dbc_log.csv", "dbc_log.png"):
+    for name in ("dbc.safetensors", "dbc.json", "dbc.dm.safetensors", "dbc.train.csv", "dbc.train.png"):
         assert (tmp_path / name).exists(), name
     pol = load_policy(out, device="cpu", obs_dim=3, act_dim=1)
     a = pol.act(demos.obs[:5])

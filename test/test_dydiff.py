@@ -91,7 +91,7 @@ def test_policy_injected_rollouts_filter_and_relabel(data, world_model):
 def test_offline_learner_mixes_synthetic_batches(data, world_model, tmp_path):
     space = gym.make(ENV).action_space
     agent = train_offline(data[0], world_model.cfg, space.low, space.high, world_model=world_model, seed=0,
-                          steps=120, log_prefix=tmp_path / "td3", progress=False)
+                          steps=120, log_path=tmp_path / "td3.csv", progress=False)
     rows = (tmp_path / "td3.csv").read_text().splitlines()
     assert int(float(rows[-1].split(",")[rows[0].split(",").index("synthetic")])) > 0
     a = agent.policy().act(data[0].obs[:3])
@@ -155,7 +155,7 @@ def test_cli_train_dydiff_then_smiling_in_the_world_model(data, tmp_path, capsys
     wm = tmp_path / "wm.safetensors"
     assert main(["train-dydiff", "--config", cfg, "--dataset", str(tmp_path / "demos"), "--out", str(wm),
                  "--policy-out", str(tmp_path / "td3bc"), "--quiet"]) == 0
-    for name in ("wm.safetensors", "wm.json", "wm_log.csv", "wm_log.png", "td3bc.safetensors", "td3bc_log.csv"):
+    for name in ("wm.safetensors", "wm.json", "wm.train.csv", "wm.train.png", "td3bc.safetensors", "td3bc.train.csv"):
         assert (tmp_path / name).exists(), name
     from smiling_ros.learn.policy import load_policy
 

@@ -1,7 +1,7 @@
 """`smiling-ros train-dbc`: diffusion-model-augmented behavioural cloning into an ``mlp_policy``.
 
 Writes OUT (.safetensors + .json sidecar), OUT.dm.safetensors (the frozen joint diffusion model),
-OUT_log.csv and OUT_log.png (losses against step).
+OUT.train.csv and OUT.train.png (losses against step).
 """
 from __future__ import annotations
 
@@ -34,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
     from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
     from smiling_ros.io.outputs import prepare_output, require_name, sibling
+    from smiling_ros.learn.bounds import action_bounds
     from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
-    from smiling_ros.learn.common import action_bounds, check_dataset_dims
+    from smiling_ros.learn.common import check_dataset_dims
+    from smiling_ros.learn.logger import log_path
     from smiling_ros.methods.dbc.train import DBCConfig, JointDiffusion
 
     cfg = load_config(args.config)
     dcfg = cfg.section(DBCConfig, "dbc")
-    over = {}
+    over: dict[str, object] = {}
     if args.steps is not None:
         over["steps"] = args.steps
     if args.dm_steps is not None:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         over["lambda_dm"] = 0.0
     if args.no_normalize_dm:
         over["normalize_dm"] = False
-    dcfg = dataclasses.replace(dcfg, **over)
+    dcfg = dataclasses.replace(dcfg, **over)  # type: ignore[arg-type]
     dcfg.validate("command line")
     ds = Dataset.load(args.dataset)
     if args.episodes is not None:
@@ -60,32 +62,25 @@ def run(args: argparse.Namespace) -> int:
         ds = ds.subset(args.episodes)
     ds.require_actions("train-dbc")
     check_dataset_dims(ds, cfg)
-    low, high = action_bounds(cfg, ds)
+    action_bounds(cfg, ds)  # refused here, before anything is written
     dm = JointDiffusion.load(args.dm, ds.obs_dim, ds.act_dim) if args.dm and dcfg.lambda_dm > 0 else None
     out = checkpoint_path(require_name(args.out))
-    log = sibling(out, "_log")
-    written = [sidecar(out), sibling(log, ".csv"), sibling(log, ".png")]
+    log = log_path(out)
+    written = [sidecar(out), log, log.with_suffix(".png")]
     if dcfg.lambda_dm > 0 and dm is None:
         written += [sibling(out, ".dm.safetensors"), sibling(out, ".dm.json")]
     with prepare_output(out, "file", args.overwrite, also=written):
-        return _train(args, cfg, dcfg, ds, dm, low, high, out, log)
+        return _train(args, cfg, dcfg, ds, dm, out)
 
 
-def _train(args, cfg, dcfg, ds, dm, low, high, out, log) -> int:
+def _train(args, cfg, dcfg, ds, dm, out) -> int:
     import torch
 
-    from smiling_ros.io.outputs import sibling
-    from smiling_ros.methods.dbc.train import train_dbc
+    from smiling_ros.methods.dbc.train import fit
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    seed = cfg.seed if args.seed is None else args.seed
-    task = ds.meta.get("task") or cfg.task.env
-    res = train_dbc(ds, dcfg, low, high, seed=seed, dm=dm, log_prefix=log,
-                    progress=not args.quiet, meta={"task": task, "dataset": str(args.dataset), "config": cfg.to_dict()})
-    path = res.policy.save(out)
-    if res.dm is not None and dm is None:
-        res.dm.save(sibling(out, ".dm.safetensors"), {"task": task})
-    last = res.history[-1] if res.history else {}
-    print(f"wrote {path} ({res.policy.meta['method']}, {res.wall_s:.0f} s; final bc {last.get('bc', float('nan')):.4f}, "
-          f"dm {last.get('dm', float('nan')):.4f}); log {sibling(log, '.csv')}")
+    res = fit(cfg, ds, out=out, section=dcfg, seed=args.seed, dm=dm, progress=not args.quiet)
+    s = res.summary
+    print(f"wrote {res.policy} ({s['method']}, {s['wall_s']:.0f} s; final bc {s.get('bc', float('nan')):.4f}, "
+          f"dm {s.get('dm', float('nan')):.4f}); log {res.files['log']}")
     return 0

@@ -1,8 +1,8 @@
 """`smiling-ros train-dydiff`: a DyDiff world model (window diffusion, dynamics ensemble, reward model)
 from a dataset; optionally an offline policy (TD3+BC on real + DyDiff rollouts) too.
 
-Writes OUT (kind ``dydiff``; ``train-smiling --world-model OUT`` runs SMILING inside it), OUT_log.csv and
-OUT_log.png; with ``--policy-out P`` also the ``mlp_policy`` P and P_log.csv/.png.
+Writes OUT (kind ``dydiff``; ``train-smiling --world-model OUT`` runs SMILING inside it), OUT.train.csv and
+OUT.train.png; with ``--policy-out P`` also the ``mlp_policy`` P and P.train.csv/.png.
 """
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from smiling_ros.config import load_config
     from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
-    from smiling_ros.io.outputs import prepare_output, require_name, sibling
+    from smiling_ros.io.outputs import prepare_output, require_name
+    from smiling_ros.learn.bounds import action_bounds
     from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
-    from smiling_ros.learn.common import action_bounds, check_dataset_dims
+    from smiling_ros.learn.common import check_dataset_dims
+    from smiling_ros.learn.logger import log_path
     from smiling_ros.methods.dydiff.train import DyDiffConfig
 
     cfg = load_config(args.config)
@@ -47,40 +49,33 @@ def run(args: argparse.Namespace) -> int:
     ds = Dataset.load(args.dataset)
     ds.require_actions("train-dydiff")
     check_dataset_dims(ds, cfg)
-    low, high = action_bounds(cfg, ds)
+    action_bounds(cfg, ds)  # refused here, before anything is written
     out = checkpoint_path(require_name(args.out))
-    log = sibling(out, "_log")
     pout = checkpoint_path(require_name(args.policy_out, "--policy-out")) if args.policy_out is not None else None
-    plog = sibling(pout, "_log") if pout is not None else None
     with contextlib.ExitStack() as stack:
+        log = log_path(out)
         stack.enter_context(prepare_output(out, "file", args.overwrite,
-                                           also=[sidecar(out), sibling(log, ".csv"), sibling(log, ".png")]))
+                                           also=[sidecar(out), log, log.with_suffix(".png")]))
         if pout is not None:
             if pout == out:
                 raise UserError(f"--policy-out: {pout} is also --out; give the policy another name")
+            plog = log_path(pout)
             stack.enter_context(prepare_output(pout, "file", args.overwrite, what="--policy-out",
-                                               also=[sidecar(pout), sibling(plog, ".csv"), sibling(plog, ".png")]))
-        return _train(args, cfg, dcfg, ds, low, high, out, log, pout, plog)
+                                               also=[sidecar(pout), plog, plog.with_suffix(".png")]))
+        return _train(args, cfg, dcfg, ds, out, pout)
 
 
-def _train(args, cfg, dcfg, ds, low, high, out, log, pout, plog) -> int:
+def _train(args, cfg, dcfg, ds, out, pout) -> int:
     import torch
 
-    from smiling_ros.methods.dydiff.train import train_offline, train_world_model
+    from smiling_ros.methods.dydiff.train import fit
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    seed = cfg.seed if args.seed is None else args.seed
-    task = ds.meta.get("task") or cfg.task.env
-    wm = train_world_model(ds, dcfg, low, high, seed=seed, log_prefix=log,
-                           progress=not args.quiet, meta={"task": task, "dataset": str(args.dataset)},
-                           max_episode_steps=cfg.task.max_episode_steps)
-    path = wm.save(out, {"config": cfg.to_dict()})
-    print(f"wrote {path} (world model, H={wm.H}, reward: {wm.meta['reward_kind']}, {wm.meta['train_wall_s']:.0f} s)")
+    res = fit(cfg, ds, out=out, section=dcfg, seed=args.seed, policy_out=pout, offline_steps=args.offline_steps,
+              rollouts=not args.no_rollouts, progress=not args.quiet)
+    s = res.summary
+    print(f"wrote {res.files['world_model']} (world model, H={s['horizon']}, reward: {s['reward_kind']}, "
+          f"{s['train_wall_s']:.0f} s)")
     if pout is not None:
-        agent = train_offline(ds, dcfg, low, high, world_model=None if args.no_rollouts else wm, seed=seed,
-                              steps=args.offline_steps, log_prefix=plog,
-                              progress=not args.quiet,
-                              meta={"task": task, "max_episode_steps": cfg.task.max_episode_steps, "world_model": str(path)})
-        ppath = agent.policy().save(pout)
-        print(f"wrote {ppath} (offline policy, {agent.policy().meta['method']})")
+        print(f"wrote {res.policy} (offline policy, {s['policy_method']})")
     return 0

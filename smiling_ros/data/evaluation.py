@@ -28,6 +28,10 @@ from smiling_ros.errors import UserError
 EnvFn = Callable[[], Any]
 
 
+EVAL_COLUMNS = ["step", "time_s", "mean_return", "std_return", "success_rate", "normalized_return"]
+"""Columns of every run's ``eval.csv``."""
+
+
 class RandomPolicy:
     """Uniform random actions from an action space (seeded)."""
 

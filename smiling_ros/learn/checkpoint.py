@@ -65,8 +65,7 @@ class Checkpoint:
 
     def sub(self, prefix: str) -> dict[str, torch.Tensor]:
         """The tensors under ``prefix.`` with the prefix removed (a module's state_dict)."""
-        p = prefix + "."
-        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+        return strip(self.tensors, prefix)
 
     def require(self, kind: str | tuple[str, ...], obs_dim: Optional[int] = None, act_dim: Optional[int] = None,
                 task: Optional[str] = None) -> "Checkpoint":
@@ -88,6 +87,44 @@ class Checkpoint:
 
 def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix.`` with the prefix removed."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimiser's state as tensors ``prefix.<param>.<key>`` plus JSON metadata."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str,
+                         meta: dict[str, Any]) -> None:
+    """Restore what :func:`optimizer_state` wrote."""
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in strip(tensors, prefix).items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    for k, v in meta.get("scalars", {}).items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:

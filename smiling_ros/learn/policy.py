@@ -20,8 +20,10 @@ from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
+from smiling_ros.learn.bounds import from_unit, to_unit
 from smiling_ros.learn.checkpoint import Checkpoint, load_checkpoint, load_module, module_tensors, save_checkpoint
 from smiling_ros.learn.device import select_device
+from smiling_ros.learn.nets import ACTIVATIONS, mlp
 
 
 @runtime_checkable
@@ -45,24 +47,6 @@ def plan_chunk(policy: Any, obs: np.ndarray) -> np.ndarray:
     return np.asarray(policy.act(obs)).reshape(1, -1)
 
 
-_ACTIVATIONS = {"relu": nn.ReLU, "mish": nn.Mish, "elu": nn.ELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
-
-
-def mlp(sizes: list[int], activation: str = "relu", out_activation: Optional[nn.Module] = None) -> nn.Sequential:
-    """Linear layers of ``sizes`` with ``activation`` between them."""
-    act = _ACTIVATIONS[activation]
-    if len(sizes) > 1000:
-        raise ValueError(f"{len(sizes)} layer sizes: not a plausible network")
-    mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        mods.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            mods.append(act())
-    if out_activation is not None:
-        mods.append(out_activation)
-    return nn.Sequential(*mods)
-
-
 class MlpActor(nn.Module):
     """normalised obs -> MLP -> tanh -> [low, high]. Also the layout of SB3's SAC actor mean
     (``latent_pi`` then ``mu``), so a SAC actor exports into it exactly."""
@@ -70,9 +54,7 @@ class MlpActor(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "relu"):
         super().__init__()
         self.hidden, self.activation = list(hidden), activation
-        self.latent = mlp([obs_dim] + list(hidden), activation)
-        if hidden:
-            self.latent.append(_ACTIVATIONS[activation]())
+        self.latent = mlp([obs_dim] + list(hidden), activation, final_activation=True)
         self.mu = nn.Linear(hidden[-1] if hidden else obs_dim, act_dim)
 
     def forward(self, obs_n: torch.Tensor) -> torch.Tensor:
@@ -98,14 +80,10 @@ class MlpPolicy:
         pass
 
     def scale(self, a_unit: torch.Tensor) -> torch.Tensor:
-        low = torch.as_tensor(self.low, device=a_unit.device)
-        high = torch.as_tensor(self.high, device=a_unit.device)
-        return low + (a_unit + 1) * 0.5 * (high - low)
+        return from_unit(a_unit, self.low, self.high)
 
     def unscale(self, a: torch.Tensor) -> torch.Tensor:
-        low = torch.as_tensor(self.low, device=a.device)
-        high = torch.as_tensor(self.high, device=a.device)
-        return (2 * (a - low) / (high - low) - 1).clamp(-1, 1)
+        return to_unit(a, self.low, self.high)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Differentiable batch forward: (B, obs_dim) robot units -> (B, act_dim) robot units."""
@@ -145,7 +123,7 @@ class MlpPolicy:
             if tuple(w_in.shape[1:]) != (obs_dim,) or w_out.shape[0] != act_dim:
                 raise ValueError(f"metadata says obs_dim {obs_dim}, act_dim {act_dim} but the weights are for "
                                  f"obs_dim {w_in.shape[-1]}, act_dim {w_out.shape[0]}")
-            if m.get("activation", "relu") not in _ACTIVATIONS:
+            if m.get("activation", "relu") not in ACTIVATIONS:
                 raise ValueError(f"unknown activation {m.get('activation')!r}")
             extra = sorted(k for k in ckpt.tensors if not k.startswith("actor."))
             if extra:

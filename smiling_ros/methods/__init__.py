@@ -1,9 +1,17 @@
-"""The offline half: learning from recorded datasets alone, with no environment interaction.
+"""The learning methods, one package each: ``smiling/`` (SMILING, with DAC and SAC on its online loop),
+``bridger/``, ``dbc/`` (DBC, and BC as DBC with lambda 0), ``dydiff/`` (world model + TD3+BC); ``bc.py``
+is ``train-bc`` (DBC's BC path with a run directory and evaluation).
 
-- :mod:`smiling_ros.methods.dbc.train`: Diffusion Model-Augmented Behavioural Cloning (an ``mlp_policy``).
-- :mod:`smiling_ros.methods.dydiff.train`: DyDiff world model (window diffusion + single-step ensemble +
-  reward model) and its policy-injected rollouts.
-- :mod:`smiling_ros.methods.dydiff.td3bc`: TD3+BC, the offline learner fed with real and synthetic batches.
-- :mod:`smiling_ros.methods.dydiff.world_model_env`: a Gymnasium env stepping the DyDiff world model, so
-  SMILING's RL step runs from a bag alone.
+Each method keeps its options in ``<name>/config.py`` (a dataclass registered below), its model and
+loss beside them, and its training in ``<name>/train.py`` as ``fit(cfg, dataset, *, out, env_fn=None,
+callback=None) -> TrainResult`` on the shared loop of :mod:`smiling_ros.learn.fit`.
 """
+
+SECTIONS: dict[str, str] = {
+    "smiling": "smiling_ros.methods.smiling.config:SmilingSection",
+    "expert": "smiling_ros.methods.smiling.config:ExpertSection",
+    "bridger": "smiling_ros.methods.bridger.config:BridgerConfig",
+    "dbc": "smiling_ros.methods.dbc.config:DBCConfig",
+    "dydiff": "smiling_ros.methods.dydiff.config:DyDiffConfig",
+}
+"""Config sections of the methods: name -> ``"module:Dataclass"`` (see :func:`smiling_ros.config.registered_sections`)."""

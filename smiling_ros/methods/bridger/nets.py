@@ -8,13 +8,13 @@ score is -s / gamma). One trunk for both heads halves the cost per sampling step
 
 The time embedding is :class:`smiling_ros.learn.diffusion.TimeEmbedding` of ``1000 t`` (t in [0, 1]).
 
-:class:`NumpyForward` evaluates the same net with numpy for a single observation, with the
+Activations come from :mod:`smiling_ros.learn.nets`; EMA weights from the fit loop
+(:mod:`smiling_ros.learn.fit`). :class:`NumpyForward` evaluates the same net with numpy for a single observation, with the
 observation's and each grid time's contributions to the first layer computed once per action
 and once per grid respectively: at batch size 1 this avoids most of torch's per-op overhead.
 """
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
@@ -23,30 +23,14 @@ from torch import nn
 
 from smiling_ros.errors import UserError
 from smiling_ros.learn.diffusion import TimeEmbedding
+from smiling_ros.learn.nets import check_activation as _check_activation
+from smiling_ros.learn.nets import mlp, np_activation
 
 TIME_SCALE = 1000.0  # t in [0, 1] -> TimeEmbedding's integer-timestep range
 
-ACTIVATIONS = {"silu": nn.SiLU, "mish": nn.Mish, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
-
-
-def np_activation(name: str):
-    """numpy version of ACTIVATIONS[name] (same maths, float32 in, float32 out)."""
-    if name == "silu":
-        return lambda h: h / (1.0 + np.exp(-h))
-    if name == "relu":
-        return lambda h: np.maximum(h, 0.0)
-    if name == "elu":
-        return lambda h: np.where(h > 0, h, np.expm1(np.minimum(h, 0.0)))
-    if name == "tanh":
-        return np.tanh
-    if name == "mish":
-        return lambda h: h * np.tanh(np.logaddexp(0.0, h))
-    raise UserError(f"bridger: unknown activation '{name}' (known: {', '.join(ACTIVATIONS)})")
-
 
 def check_activation(name: str, where: str = "bridger.activation") -> None:
-    if name not in ACTIVATIONS:
-        raise UserError(f"{where}: unknown activation '{name}' (known: {', '.join(ACTIVATIONS)})")
+    _check_activation(name, where)
 
 
 class BridgerNet(nn.Module):
@@ -61,12 +45,8 @@ class BridgerNet(nn.Module):
         self.x_dim, self.cond_dim, self.hidden = int(x_dim), int(cond_dim), [int(h) for h in hidden]
         self.activation, self.time_dim = activation, int(time_dim)
         self.time = TimeEmbedding(self.time_dim, 2 * self.time_dim)
-        dims = [self.x_dim + self.time_dim + self.cond_dim] + self.hidden
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            mods += [nn.Linear(a, b), ACTIVATIONS[activation]()]
-        self.trunk = nn.Sequential(*mods)
-        self.head = nn.Linear(dims[-1], 2 * self.x_dim)
+        self.trunk = mlp([self.x_dim + self.time_dim + self.cond_dim] + self.hidden, activation, final_activation=True)
+        self.head = nn.Linear(self.hidden[-1], 2 * self.x_dim)
 
     def hparams(self) -> dict:
         return dict(x_dim=self.x_dim, cond_dim=self.cond_dim, hidden=self.hidden, activation=self.activation,
@@ -76,30 +56,6 @@ class BridgerNet(nn.Module):
         h = self.trunk(torch.cat([x, self.time(t * TIME_SCALE), cond], dim=-1))
         out = self.head(h)
         return out[..., : self.x_dim], out[..., self.x_dim:]
-
-
-class Ema:
-    """Exponential moving average of a module's parameters (the weights used for sampling).
-
-    decay ramps as min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the
-    random initialisation."""
-
-    def __init__(self, module: nn.Module, decay: float = 0.999):
-        self.decay = float(decay)
-        self.module = copy.deepcopy(module).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_p = list(self.module.parameters())
-        torch._foreach_mul_(ema_p, d)
-        torch._foreach_add_(ema_p, [p.detach() for p in module.parameters()], alpha=1 - d)
-        for be, b in zip(self.module.buffers(), module.buffers()):
-            be.copy_(b)
 
 
 class NumpyMLP:

@@ -131,7 +131,7 @@ def _numpy_mlp_policy(policy: Any):
     """numpy forward of an ``MlpPolicy`` for one observation (same maths as its torch forward:
     normalise, hidden layers each followed by the activation, mu, tanh, scale to [low, high]);
     None when the activation has no numpy version here."""
-    from smiling_ros.methods.bridger.nets import np_activation
+    from smiling_ros.learn.nets import np_activation
 
     actor = getattr(policy, "actor", None)
     try:
@@ -162,7 +162,7 @@ class CVAE(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int] = (512, 512, 512), latent: int = 64):
         super().__init__()
-        from smiling_ros.learn.policy import mlp
+        from smiling_ros.learn.nets import mlp
 
         self.obs_dim, self.act_dim, self.hidden, self.latent = int(obs_dim), int(act_dim), [int(h) for h in hidden], int(latent)
         self.encoder = mlp([self.obs_dim + self.act_dim] + self.hidden + [2 * self.latent], "elu")

@@ -1,113 +1,36 @@
 """Training BRIDGER (and its CVAE source) from a dataset with actions; evaluation per step count.
 
-- :class:`BridgerConfig`: the ``bridger`` section of a task config (defaults below).
+- :class:`~smiling_ros.methods.bridger.config.BridgerConfig`: the ``bridger`` section (in config.py).
 - :func:`training_arrays`: observation windows and action chunks from a dataset's episodes.
 - :func:`make_source`: ``gaussian`` | ``cvae`` | ``heuristic`` | a policy checkpoint path.
-- :func:`train_cvae`, :func:`train_bridger`: AdamW with cosine decay, EMA weights, tqdm, CSV log.
+- :func:`train_cvae`, :func:`train_bridger`: on the shared loop (:mod:`smiling_ros.learn.fit`).
 - :func:`evaluate_steps`: success / return in the task's env for each sampling step count.
 """
 from __future__ import annotations
 
-import csv
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from smiling_ros.config import positive
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
 from smiling_ros.io.outputs import sibling
-from smiling_ros.methods.bridger.interpolants import EPS_KINDS, KINDS, Interpolant
-from smiling_ros.methods.bridger.nets import BridgerNet, Ema, check_activation, denoiser_loss, velocity_loss
+from smiling_ros.learn.bounds import action_bounds
+from smiling_ros.learn.fit import Fit, Optim
+from smiling_ros.learn.logger import RunLogger
+from smiling_ros.learn.plots import plot_rows
+from smiling_ros.methods.bridger.config import BridgerConfig, CvaeConfig, load_section
+from smiling_ros.methods.bridger.nets import BridgerNet, denoiser_loss, velocity_loss
 from smiling_ros.methods.bridger.policy import BridgerPolicy
-from smiling_ros.methods.bridger.sampler import CLOCKS
 from smiling_ros.methods.bridger.sources import CVAE, CvaePolicy, GaussianSource, HeuristicSource, PolicySource, Source
 
+__all__ = ["BridgerConfig", "CvaeConfig", "action_bounds", "evaluate_steps", "load_section", "make_source",
+           "train_bridger", "train_cvae", "training_arrays"]
+
 SOURCES = ("gaussian", "cvae", "heuristic")
-
-
-@dataclass
-class CvaeConfig:
-    hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
-    latent: int = 64
-    train_steps: int = 10000
-    batch_size: int = 256
-    lr: float = 1e-3
-    beta: float = 0.1  # final KL weight; loss = 10 * MSE + beta * KL
-    beta_warmup: float = 0.5  # fraction of training over which beta ramps linearly 0 -> beta
-
-    def validate(self, where: str) -> None:
-        for name in ("latent", "train_steps", "batch_size"):
-            positive(getattr(self, name), where, name)
-        positive(self.lr, where, "lr")
-        positive(self.beta, where, "beta", allow_zero=True)
-        if not 0 <= self.beta_warmup <= 1:
-            raise UserError(f"{where}.beta_warmup: must lie in [0, 1], got {self.beta_warmup}")
-
-
-@dataclass
-class BridgerConfig:
-    """The ``bridger`` section (see config/arm_reach.yaml for comments)."""
-
-    source: str = "gaussian"  # default for --source: gaussian | cvae | heuristic | CHECKPOINT
-    interpolant: str = "power3"
-    noise_scale: float = 0.03
-    eps: str = "1-t"
-    steps: int = 5
-    clock: str = "auto"
-    final_noise: bool = False
-    obs_window: int = 1
-    chunk: int = 1
-    execute: int = 0  # actions executed per chunk (0: all)
-    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    activation: str = "silu"
-    train_steps: int = 20000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    ema_decay: float = 0.999
-    source_samples: int = 16  # stochastic sources: samples drawn per dataset row, reused across training
-    log_every: int = 100
-    eval_episodes: int = 20
-    eval_steps: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
-    device: str = "auto"
-    cvae: CvaeConfig = field(default_factory=CvaeConfig)
-
-    def validate(self, where: str) -> None:
-        if self.interpolant not in KINDS:
-            raise UserError(f"{where}.interpolant: '{self.interpolant}' is not one of {', '.join(KINDS)}")
-        if self.eps not in EPS_KINDS:
-            raise UserError(f"{where}.eps: '{self.eps}' is not one of {', '.join(EPS_KINDS)}")
-        if self.clock not in CLOCKS:
-            raise UserError(f"{where}.clock: '{self.clock}' is not one of {', '.join(CLOCKS)}")
-        check_activation(self.activation, f"{where}.activation")
-        positive(self.noise_scale, where, "noise_scale")
-        for name in ("steps", "obs_window", "chunk", "train_steps", "batch_size", "source_samples", "log_every"):
-            positive(getattr(self, name), where, name)
-        positive(self.eval_episodes, where, "eval_episodes", allow_zero=True)
-        positive(self.lr, where, "lr")
-        if not 0 <= self.execute <= self.chunk:
-            raise UserError(f"{where}.execute: must lie in [0, chunk={self.chunk}], got {self.execute}")
-        if not 0 <= self.ema_decay < 1:
-            raise UserError(f"{where}.ema_decay: must lie in [0, 1), got {self.ema_decay}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise UserError(f"{where}.hidden: needs positive layer widths, got {self.hidden}")
-        if any(n < 1 for n in self.eval_steps):
-            raise UserError(f"{where}.eval_steps: step counts must be >= 1, got {self.eval_steps}")
-
-    def interpolant_obj(self) -> Interpolant:
-        return Interpolant(self.interpolant, self.noise_scale, self.eps)
-
-
-def load_section(cfg) -> BridgerConfig:
-    from smiling_ros.config import build
-
-    return build(BridgerConfig, cfg.bridger, f"{cfg.path or 'config'}: bridger")
 
 
 # ------------------------------------------------------------------------------- data
@@ -126,28 +49,6 @@ def training_arrays(ds: Dataset, window: int, chunk: int) -> dict[str, np.ndarra
         idx_a.append(np.clip(i[:, None] + np.arange(chunk)[None], s, e - 1))
     io, ia = np.concatenate(idx_o), np.concatenate(idx_a)
     return {"obs_win": ds.obs[io], "act_chunk": act[ia], "obs": ds.obs}
-
-
-def action_bounds(cfg, ds: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
-    """Clamp bounds: config limits, else the env's action space, else the dataset's min/max."""
-    A = ds.act_dim
-    if cfg is not None and cfg.limits.action_low:
-        low, high = np.asarray(cfg.limits.action_low, np.float32), np.asarray(cfg.limits.action_high, np.float32)
-        if low.shape != (A,):
-            raise UserError(f"{cfg.path}: limits.action_low has {low.size} elements, the dataset's actions {A}")
-        return low, high, "config limits"
-    if cfg is not None and cfg.task.env:
-        from smiling_ros.envs import make_env_from_config
-
-        env = make_env_from_config(cfg)
-        try:
-            sp = env.action_space
-            if tuple(sp.shape) != (A,):
-                raise UserError(f"{cfg.path}: env '{cfg.task.env}' has actions of shape {sp.shape}, the dataset ({A},)")
-            return np.asarray(sp.low, np.float32), np.asarray(sp.high, np.float32), f"env {cfg.task.env}"
-        finally:
-            env.close()
-    return ds.act.min(0).astype(np.float32), ds.act.max(0).astype(np.float32), "dataset min/max"
 
 
 def make_source(spec: str, ds: Dataset, cfg=None, section: Optional[BridgerConfig] = None,
@@ -210,65 +111,10 @@ def make_source(spec: str, ds: Dataset, cfg=None, section: Optional[BridgerConfi
     return src
 
 
-# ------------------------------------------------------------------------------- logging
-class CsvLog:
-    """Rows of scalars appended to a CSV file (header from the first row), flushed per row."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path, self._f, self._w = path, None, None
-        self.rows: list[dict[str, float]] = []
-
-    def write(self, row: dict[str, float]) -> None:
-        self.rows.append(row)
-        if self.path is None:
-            return
-        if self._f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", newline="")
-            self._w = csv.DictWriter(self._f, fieldnames=list(row))
-            self._w.writeheader()
-        self._w.writerow(row)
-        self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-
-
-def plot_losses(rows: list[dict[str, float]], keys: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in rows]
-    for k in keys:
-        ax.plot(steps, [max(r[k], 1e-8) for r in rows], label=k)
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _lr_at(step: int, total: int, lr: float, warmup: int = 200) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 # ------------------------------------------------------------------------------- CVAE
 def train_cvae(ds: Dataset, cc: CvaeConfig, seed: int = 0, progress: bool = True,
                log_path: Optional[Path] = None, device: str | torch.device = "cpu") -> CvaePolicy:
     """Fit a CVAE to (obs, act): loss 10 * MSE + beta * KL, beta ramped 0 -> cc.beta."""
-    from tqdm.auto import tqdm
-
     act = ds.require_actions("the CVAE source")
     obs_norm, act_norm = ds.obs_normalizer(), ds.act_normalizer()
     torch.manual_seed(seed)
@@ -277,35 +123,21 @@ def train_cvae(ds: Dataset, cc: CvaeConfig, seed: int = 0, progress: bool = True
     obs_t = torch.as_tensor(obs_norm.normalize(ds.obs), device=dev)
     A = torch.as_tensor(act_norm.normalize(act), device=dev)
     model = CVAE(ds.obs_dim, ds.act_dim, cc.hidden, cc.latent).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cc.lr, weight_decay=1e-4)
-    log = CsvLog(log_path)
-    bar = tqdm(range(cc.train_steps), desc="cvae", disable=not progress, mininterval=1.0)
-    acc = {"mse": 0.0, "kl": 0.0, "n": 0}
-    t0 = time.time()
-    for step in bar:
-        idx = torch.as_tensor(rng.integers(0, len(obs_t), cc.batch_size), device=dev)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cc.train_steps, cc.lr)
-        beta = cc.beta * min(1.0, step / max(1.0, cc.beta_warmup * cc.train_steps))
+
+    def compute_loss(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        beta = cc.beta * min(1.0, fit.step_count / max(1.0, cc.beta_warmup * cc.train_steps))
         rec, mu, logvar = model(obs_t[idx], A[idx])
         mse = ((rec - A[idx]) ** 2).mean()
         kl = CVAE.kl(mu, logvar).mean()
-        loss = 10.0 * mse + beta * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc["mse"] += float(mse.detach())
-        acc["kl"] += float(kl.detach())
-        acc["n"] += 1
-        if (step + 1) % 100 == 0 or step + 1 == cc.train_steps:
-            row = {"step": step + 1, "mse": acc["mse"] / acc["n"], "kl": acc["kl"] / acc["n"], "beta": beta,
-                   "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
-            log.write(row)
-            bar.set_postfix(mse=f"{row['mse']:.4f}", kl=f"{row['kl']:.2f}")
-            acc = {"mse": 0.0, "kl": 0.0, "n": 0}
-    log.close()
-    if log_path is not None:
-        plot_losses(log.rows, ["mse", "kl"], log_path.with_suffix(".png"), "CVAE source")
+        return {"loss": 10.0 * mse + beta * kl, "mse": mse, "kl": kl, "beta": torch.tensor(beta)}
+
+    log = RunLogger(log_path, ["step", "mse", "kl", "beta", "lr"]) if log_path is not None else None
+    fit = Fit(model, compute_loss, Optim(cc.lr, "adamw", weight_decay=1e-4, schedule="warmup_cosine", warmup=200),
+              cc.train_steps, name="cvae", logger=log, progress=progress)
+    fit.run(lambda: torch.as_tensor(rng.integers(0, len(obs_t), cc.batch_size), device=dev))
+    if log is not None and log_path is not None:
+        log.close()
+        plot_rows(log.rows, ["mse", "kl"], log_path.with_suffix(".png"), "CVAE source", logy=True)
     return CvaePolicy(model.cpu(), obs_norm, act_norm, {"task": ds.meta.get("task", ""), "cvae_config": asdict(cc)},
                       seed=seed)
 
@@ -334,9 +166,8 @@ def train_bridger(ds: Dataset, source: Source, sec: BridgerConfig, low: np.ndarr
     """Train the velocity/denoiser net from ``source`` to the dataset's actions.
 
     Per batch: t ~ U(t_min, 1 - t_min), z ~ N(0, I), x_t = I(t, x0, x1) + gamma(t) z; loss =
-    mean over the batch of L_v + L_s (each summed over action dimensions)."""
-    from tqdm.auto import tqdm
-
+    mean over the batch of L_v + L_s (each summed over action dimensions). AdamW, linear warm-up
+    then cosine decay, EMA weights (the ones deployed)."""
     arrays = training_arrays(ds, sec.obs_window, sec.chunk)
     obs_norm, act_norm = ds.obs_normalizer(), ds.act_normalizer()
     interp = sec.interpolant_obj()
@@ -349,20 +180,10 @@ def train_bridger(ds: Dataset, source: Source, sec: BridgerConfig, low: np.ndarr
     x1_all = torch.as_tensor(act_norm.normalize(arrays["act_chunk"]).reshape(N, C * A), device=dev)
     bank = _source_bank(source, arrays["obs"], act_norm, sec.source_samples)
     bank_t = None if bank is None else torch.as_tensor(bank, device=dev)
-
     net = BridgerNet(C * A, W * D, sec.hidden, sec.activation).to(dev)
-    ema = Ema(net, sec.ema_decay)
-    opt = torch.optim.AdamW(net.parameters(), lr=sec.lr, weight_decay=sec.weight_decay)
-    log = CsvLog(log_path)
-    keys = ("loss", "loss_v", "loss_s", "mse_v", "mse_s")
-    acc = dict.fromkeys(keys, 0.0)
-    n_acc = 0
-    bar = tqdm(range(sec.train_steps), desc=f"bridger[{source.name}]", disable=not progress, mininterval=1.0)
-    t0 = time.time()
-    for step in bar:
-        idx_np = rng.integers(0, N, sec.batch_size)
-        idx = torch.as_tensor(idx_np, device=dev)
-        x1, cond = x1_all[idx], cond_all[idx]
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(rng.integers(0, N, sec.batch_size), device=dev)
         if bank_t is None:
             x0 = torch.randn(sec.batch_size, C * A, device=dev)
         else:
@@ -370,46 +191,36 @@ def train_bridger(ds: Dataset, source: Source, sec: BridgerConfig, low: np.ndarr
             x0 = bank_t[k, idx]
             if C > 1:
                 x0 = x0.repeat(1, C)
+        return x0, x1_all[idx], cond_all[idx]
+
+    def compute_loss(b: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x0, x1, cond = b
         t = interp.t_min + (1 - 2 * interp.t_min) * torch.rand(sec.batch_size, device=dev)
         z = torch.randn_like(x1)
         xt = interp.interpolate(x0, x1, t, z)
         dI = interp.dmean(x0, x1, t)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, sec.train_steps, sec.lr)
         v, s = net(xt, t, cond)
         lv, ls = velocity_loss(v, dI).mean(), denoiser_loss(s, z).mean()
-        loss = lv + ls
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(net)
         with torch.no_grad():
-            acc["loss"] += float(loss)
-            acc["loss_v"] += float(lv)
-            acc["loss_s"] += float(ls)
-            acc["mse_v"] += float(((v - dI) ** 2).sum(-1).mean())
-            acc["mse_s"] += float(((s - z) ** 2).sum(-1).mean())
-        n_acc += 1
-        if (step + 1) % sec.log_every == 0 or step + 1 == sec.train_steps:
-            row = {"step": step + 1, **{k: acc[k] / n_acc for k in keys}, "lr": opt.param_groups[0]["lr"],
-                   "time_s": time.time() - t0}
-            if not math.isfinite(row["loss"]):
-                raise UserError(f"bridger training diverged (loss {row['loss']}) at step {step + 1}; lower bridger.lr")
-            log.write(row)
-            bar.set_postfix(mse_v=f"{row['mse_v']:.4f}", mse_s=f"{row['mse_s']:.3f}")
-            if callback is not None:
-                callback(step + 1, row)
-            acc = dict.fromkeys(keys, 0.0)
-            n_acc = 0
-    log.close()
-    if log_path is not None:
-        plot_losses(log.rows, ["mse_v", "mse_s"], log_path.with_suffix(".png"),
-                    f"BRIDGER ({source.name} source): |v - dI/dt|^2, |s - z|^2")
-    policy_meta = {"task": ds.meta.get("task", ""), "train": {k: v for k, v in asdict(sec).items()},
+            mse_v, mse_s = ((v - dI) ** 2).sum(-1).mean(), ((s - z) ** 2).sum(-1).mean()
+        return {"loss": lv + ls, "loss_v": lv, "loss_s": ls, "mse_v": mse_v, "mse_s": mse_s}
+
+    log = RunLogger(log_path, ["step", "loss", "loss_v", "loss_s", "mse_v", "mse_s", "lr"]) if log_path else None
+    on_log = None if callback is None else (lambda step, row: callback(step, row))  # noqa: E731
+    fit = Fit(net, compute_loss, Optim(sec.lr, "adamw", weight_decay=sec.weight_decay, schedule="warmup_cosine",
+                                       warmup=200, ema_decay=sec.ema_decay),
+              sec.train_steps, name=f"bridger[{source.name}]", logger=log, log_every=sec.log_every,
+              progress=progress, on_log=on_log)
+    fit.run(batch)
+    if log is not None and log_path is not None:
+        log.close()
+        plot_rows(log.rows, ["mse_v", "mse_s"], log_path.with_suffix(".png"),
+                  f"BRIDGER ({source.name} source): |v - dI/dt|^2, |s - z|^2", logy=True)
+    policy_meta = {"task": ds.meta.get("task", ""), "train": dict(asdict(sec)),
                    "dataset": {"path": ds.meta.get("path", ""), "episodes": ds.num_episodes, "steps": len(ds.obs)},
                    **(meta or {})}
-    return BridgerPolicy(ema.module.cpu(), interp, source, obs_norm, act_norm, low, high, sec.steps, sec.obs_window,
-                         sec.chunk, sec.execute, sec.clock, sec.final_noise, policy_meta, "cpu", seed)
+    return BridgerPolicy(fit.averaged.cpu(), interp, source, obs_norm, act_norm, low, high, sec.steps,
+                         sec.obs_window, sec.chunk, sec.execute, sec.clock, sec.final_noise, policy_meta, "cpu", seed)
 
 
 # ------------------------------------------------------------------------------- evaluation

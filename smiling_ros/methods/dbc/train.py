@@ -18,157 +18,59 @@ With ``state_noise`` > 0 both diffusion terms are taken at s jittered by that ma
 recorded action standing in for the expert's there), so the term also shapes pi between the recorded
 states, where BC has no target; 0 is the published loss.
 
+Layout: :mod:`.config` (the ``dbc`` section), :mod:`.model` (the joint model and the loss), this
+module (both stages on the shared loop :class:`~smiling_ros.learn.fit.Fit`, and :func:`fit`).
+
 The result is an ``mlp_policy`` checkpoint (``eval``, the controller and BRIDGER's policy source
 load it); the frozen diffusion model is saved beside it as ``NAME.dm.safetensors`` (kind
-``dbc_diffusion``) so a later run can reuse it (``train-dbc --dm``).
+``dbc_diffusion``) so a later run can reuse it (``train-dbc --dm``). ``train-bc`` is this code with
+``lambda_dm = 0`` (:mod:`smiling_ros.methods.bc`).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from smiling_ros.config import positive
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import load_checkpoint, load_module, module_tensors, save_checkpoint
-from smiling_ros.learn.common import TrainLog, batches, seed_everything
-from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, denoising_loss, per_sample_denoising_error
+from smiling_ros.learn.common import seed_everything
+from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, denoising_loss
+from smiling_ros.learn.fit import Fit, Optim, TrainResult, random_batches
+from smiling_ros.learn.logger import RunLogger, log_path
+from smiling_ros.learn.plots import plot_rows
 from smiling_ros.learn.policy import MlpActor, MlpPolicy
+from smiling_ros.methods.dbc.config import DBCConfig
+from smiling_ros.methods.dbc.model import JointDiffusion, dbc_losses
+
+__all__ = ["DBCConfig", "DBCResult", "JointDiffusion", "dbc_losses", "fit", "train_dbc", "train_joint_diffusion"]
+
+LOG_COLUMNS = ["step", "dm_loss", "loss", "bc", "agent", "expert", "dm", "lr"]
+BC_COLUMNS = ["step", "loss", "lr"]
 
 
-@dataclass
-class DBCConfig:
-    """The ``dbc`` section of a config file."""
-
-    T: int = 1000  # diffusion steps of the joint [s, a] model
-    schedule: str = "linear"  # linear | cosine
-    dm_hidden: int = 256  # score net width
-    dm_layers: int = 3  # score net hidden layers
-    dm_steps: int = 10000  # stage-1 gradient steps
-    dm_lr: float = 1e-3
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # policy MLP
-    activation: str = "relu"
-    steps: int = 10000  # stage-2 gradient steps
-    lr: float = 1e-3
-    batch_size: int = 256
-    lambda_dm: float = 10.0  # weight of L_DM (paper: 0.2 .. 30 per task; 10 measured here); 0 = plain BC
-    normalize_dm: bool = True  # L_DM = max(L_agent - L_expert, 0); false: L_agent alone (ablation)
-    # L_DM at states jittered by this many data stds (0: at the recorded states, as published). BC fits
-    # the recorded actions almost exactly, so the diffusion term has most to say between demonstrations.
-    state_noise: float = 0.0
-    log_every: int = 100
-
-    def validate(self, where: str) -> None:
-        for name in ("T", "dm_hidden", "dm_layers", "steps", "batch_size", "log_every"):
-            positive(getattr(self, name), where, name)
-        for name in ("dm_steps", "lambda_dm", "state_noise"):
-            positive(getattr(self, name), where, name, allow_zero=True)
-        positive(self.lr, where, "lr")
-        positive(self.dm_lr, where, "dm_lr")
-        if self.schedule not in ("linear", "cosine"):
-            raise UserError(f"{where}.schedule: 'linear' or 'cosine', got '{self.schedule}'")
-        if not self.hidden:
-            raise UserError(f"{where}.hidden: at least one hidden layer")
-
-
-@dataclass
-class JointDiffusion:
-    """The frozen stage-1 model: eps_phi over z-scored [s, a]."""
-
-    net: ScoreNet
-    schedule: NoiseSchedule
-    norm: Normalizer  # over the concatenation [s, a], (obs_dim + act_dim,)
-    obs_dim: int
-    act_dim: int
-
-    def save(self, path: str | Path, meta: Optional[dict[str, Any]] = None) -> Path:
-        m = {
-            "kind": "dbc_diffusion", "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-            "net": self.net.hparams(), "T": self.schedule.T, "schedule": self.schedule.kind,
-            "norm": self.norm.to_dict(), **(meta or {}),
-        }
-        return save_checkpoint(path, module_tensors("net", self.net), m)
-
-    @classmethod
-    def load(cls, path: str | Path, obs_dim: int, act_dim: int) -> "JointDiffusion":
-        ck = load_checkpoint(path).require("dbc_diffusion", obs_dim=obs_dim, act_dim=act_dim)
-        m = ck.meta
-        try:
-            net = load_module(ck, "net", lambda: ScoreNet(**m["net"]), "dbc diffusion net")
-            return cls(net, NoiseSchedule(int(m["T"]), m["schedule"]), Normalizer.from_dict(m["norm"]), obs_dim, act_dim)
-        except (KeyError, RuntimeError, TypeError) as exc:
-            raise UserError(f"{path}: inconsistent dbc_diffusion checkpoint ({str(exc).splitlines()[0]})") from None
-
-
-def train_joint_diffusion(
-    obs: np.ndarray, act: np.ndarray, cfg: DBCConfig, gen: torch.Generator, log: Optional[TrainLog] = None,
-    progress: bool = True,
-) -> JointDiffusion:
+def train_joint_diffusion(obs: np.ndarray, act: np.ndarray, cfg: DBCConfig, gen: torch.Generator,
+                          log: Optional[RunLogger] = None, progress: bool = True) -> JointDiffusion:
     """Stage 1: DDPM on z-scored [s, a] pairs. obs (N, ds), act (N, da) robot units."""
     x = np.concatenate([obs, act], 1)
     norm = Normalizer.fit(x)
     X = torch.as_tensor(norm.normalize(x))
     net = ScoreNet(X.shape[1], hidden=cfg.dm_hidden, layers=cfg.dm_layers, time_dim=32)
     sched = NoiseSchedule(cfg.T, cfg.schedule)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.dm_lr)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.dm_steps, 1), eta_min=cfg.dm_lr * 0.1)
-    it = batches(len(X), min(cfg.batch_size, len(X)), gen)
-    bar = tqdm(range(cfg.dm_steps), desc="dbc stage 1 (joint diffusion)", disable=not progress, mininterval=1.0)
-    ema = None
-    for step in bar:
-        loss = denoising_loss(net, sched, X[next(it)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % cfg.log_every == 0 or step == cfg.dm_steps - 1:
-            bar.set_postfix(loss=f"{ema:.4f}")
-            if log is not None:
-                log.add(step, dm_loss=ema)
+    it = random_batches(len(X), cfg.batch_size, gen)
+    Fit(net, lambda idx: {"loss": denoising_loss(net, sched, X[idx])},
+        Optim(cfg.dm_lr, schedule="cosine", min_lr=0.1), cfg.dm_steps, name="dbc stage 1 (joint diffusion)",
+        logger=log, rename={"loss": "dm_loss"}, log_every=cfg.log_every, progress=progress).run(it)
     net.eval()
     for p in net.parameters():
         p.grad = None
         p.requires_grad_(False)
     return JointDiffusion(net, sched, norm, obs.shape[1], act.shape[1])
-
-
-def dbc_losses(
-    policy: MlpPolicy, dm: Optional[JointDiffusion], s: torch.Tensor, a: torch.Tensor, act_norm: Normalizer,
-    cfg: DBCConfig, gen: Optional[torch.Generator] = None,
-) -> dict[str, torch.Tensor]:
-    """The stage-2 loss terms for one batch. s (B, ds), a (B, da) robot units.
-
-    Returns ``loss`` (differentiable w.r.t. the policy), ``bc``, ``agent``, ``expert``, ``dm``."""
-    a_pi = policy.forward(s)
-    bc = ((act_norm.normalize(a_pi) - act_norm.normalize(a)) ** 2).mean()
-    out = {"bc": bc}
-    if dm is None or cfg.lambda_dm == 0:
-        out.update(loss=bc, agent=torch.zeros(()), expert=torch.zeros(()), dm=torch.zeros(()))
-        return out
-    if cfg.state_noise > 0:  # both terms at the jittered state: pi's action there vs the recorded one
-        s = s + cfg.state_noise * torch.as_tensor(dm.norm.std[: s.shape[1]], dtype=s.dtype) * torch.randn(
-            s.shape, generator=gen)
-        a_pi = policy.forward(s)
-    x_agent = dm.norm.normalize(torch.cat([s, a_pi], 1))
-    x_expert = dm.norm.normalize(torch.cat([s, a], 1))
-    # One draw of (t, eps) shared by the agent and the expert term: their difference then measures
-    # only how much worse pi's action denoises than the expert's, not sampling noise.
-    t = torch.randint(0, dm.schedule.T, (s.shape[0],), generator=gen)
-    eps = torch.randn(x_agent.shape, generator=gen)
-    agent = per_sample_denoising_error(dm.net, dm.schedule, x_agent, t, eps).mean()
-    with torch.no_grad():
-        expert = per_sample_denoising_error(dm.net, dm.schedule, x_expert, t, eps).mean()
-    ldm = (agent - expert).clamp(min=0) if cfg.normalize_dm else agent
-    out.update(loss=bc + cfg.lambda_dm * ldm, agent=agent.detach(), expert=expert, dm=ldm.detach())
-    return out
 
 
 @dataclass
@@ -181,20 +83,23 @@ class DBCResult:
 
 def train_dbc(
     dataset: Dataset, cfg: DBCConfig, low: np.ndarray, high: np.ndarray, *, seed: int = 0,
-    dm: Optional[JointDiffusion] = None, log_prefix: Optional[str | Path] = None, progress: bool = True,
+    dm: Optional[JointDiffusion] = None, log_path: Optional[str | Path] = None, progress: bool = True,
     meta: Optional[dict[str, Any]] = None,
+    on_log: Optional[Callable[[int, dict[str, float], MlpPolicy], Optional[bool]]] = None,
+    weight_decay: float = 0.0,
 ) -> DBCResult:
     """Train DBC (or plain BC when ``cfg.lambda_dm == 0``) on ``dataset``'s (s, a) pairs.
 
     ``low``/``high`` (act_dim,) are the action limits the policy's tanh output is scaled to.
-    ``dm`` reuses a trained stage-1 model instead of training one."""
+    ``dm`` reuses a trained stage-1 model instead of training one. ``log_path``: the CSV log (and a
+    PNG of it beside). ``on_log(step, row, policy)`` is called at every stage-2 log row (False stops)."""
     t0 = time.time()
     act = dataset.require_actions("DBC")
     obs = dataset.obs
     if len(obs) < 2:
         raise UserError(f"{dataset.meta.get('path', 'dataset')}: DBC needs at least 2 (s, a) pairs, got {len(obs)}")
     gen = seed_everything(seed)
-    log = TrainLog(log_prefix, ["dm_loss", "loss", "bc", "agent", "expert", "dm"]) if log_prefix else None
+    log = RunLogger(log_path, LOG_COLUMNS if cfg.lambda_dm > 0 else BC_COLUMNS) if log_path else None
     use_dm = cfg.lambda_dm > 0
     if use_dm and dm is None:
         dm = train_joint_diffusion(obs, act, cfg, gen, log, progress)
@@ -213,34 +118,54 @@ def train_dbc(
     policy = MlpPolicy(actor, obs_norm, low, high, meta={
         "method": "dbc" if use_dm else "bc", "dbc": dataclasses.asdict(cfg), "seed": seed, **(meta or {}),
     })
-    actor.train()
     S, A = torch.as_tensor(obs), torch.as_tensor(act)
-    opt = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.1)
-    it = batches(len(S), min(cfg.batch_size, len(S)), gen_batch)
-    history: list[dict[str, float]] = []
-    acc: dict[str, float] = {}
-    n = 0
-    bar = tqdm(range(cfg.steps), desc="dbc stage 2 (policy)" if use_dm else "bc (policy)", disable=not progress,
-               mininterval=1.0)
-    for step in bar:
-        idx = next(it)
-        terms = dbc_losses(policy, dm, S[idx], A[idx], act_norm, cfg, gen_dm)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        lr_sched.step()
-        for k, v in terms.items():
-            acc[k] = acc.get(k, 0.0) + float(v.detach())
-        n += 1
-        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {k: v / n for k, v in acc.items()}
-            history.append({"step": step + 1, **row})
-            if log is not None:
-                log.add(cfg.dm_steps + step + 1 if use_dm else step + 1, **row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", bc=f"{row['bc']:.4f}", dm=f"{row['dm']:.4f}")
-            acc, n = {}, 0
+    it = random_batches(len(S), cfg.batch_size, gen_batch)
+    fit = Fit(actor, lambda idx: dbc_losses(policy, dm, S[idx], A[idx], act_norm, cfg, gen_dm),
+              Optim(cfg.lr, optimizer="adamw", weight_decay=weight_decay, schedule="cosine", min_lr=0.1), cfg.steps,
+              name="dbc stage 2 (policy)" if use_dm else "bc (policy)", logger=log, log_every=cfg.log_every,
+              progress=progress, step_offset=cfg.dm_steps if use_dm else 0,
+              on_log=None if on_log is None else (lambda step, row: on_log(step, row, policy)))
+    history = fit.run(it)
     actor.eval()
     if log is not None:
-        log.close("DBC" if use_dm else "BC")
+        log.close()
+        plot_rows(log.rows, ["dm_loss", "loss", "bc", "dm"], log.path.with_suffix(".png"),
+                  "DBC" if use_dm else "BC", logy=True)
     return DBCResult(policy, dm, history, time.time() - t0)
+
+
+def fit(cfg: Any, dataset: Dataset, *, out: str | Path, env_fn: Any = None, callback: Any = None,
+        section: Optional[DBCConfig] = None, seed: Optional[int] = None,
+        dm: Optional[str | Path | JointDiffusion] = None,
+        progress: bool = True) -> TrainResult:
+    """``train-dbc``: DBC (BC with ``lambda_dm = 0``) from ``cfg``'s ``dbc`` section (or ``section``)
+    into the ``mlp_policy`` ``out`` (.safetensors), its log ``OUT.train.csv``/``.png`` and, when stage 1
+    ran here, ``OUT.dm.safetensors``. ``dm`` reuses a stage-1 model (a path or one loaded).
+    ``env_fn`` is unused (offline); ``callback({'step', 'metrics'})`` at every log row."""
+    from smiling_ros.io.outputs import sibling
+    from smiling_ros.learn.bounds import action_bounds
+    from smiling_ros.learn.checkpoint import checkpoint_path
+    from smiling_ros.learn.common import check_dataset_dims
+
+    sec = section if section is not None else cfg.section(DBCConfig, "dbc")
+    dataset.require_actions("train-dbc")
+    check_dataset_dims(dataset, cfg)
+    low, high, _ = action_bounds(cfg, dataset)
+    out = checkpoint_path(out)
+    seed = cfg.seed if seed is None else int(seed)
+    task = dataset.meta.get("task") or cfg.task.env
+    frozen = None
+    if dm is not None and sec.lambda_dm > 0:
+        frozen = dm if isinstance(dm, JointDiffusion) else JointDiffusion.load(dm, dataset.obs_dim, dataset.act_dim)
+    on_log = None if callback is None else (lambda step, row, _policy: callback({"step": step, "metrics": row}))
+    res = train_dbc(dataset, sec, low, high, seed=seed, dm=frozen, log_path=log_path(out), progress=progress,
+                    meta={"task": task, "dataset": str(dataset.meta.get("path", "")), "config": cfg.to_dict()},
+                    on_log=on_log)
+    path = res.policy.save(out)
+    files = {"policy": path, "log": log_path(out)}
+    if res.dm is not None and frozen is None:
+        files["dm"] = res.dm.save(sibling(out, ".dm.safetensors"), {"task": task})
+    if callback is not None:
+        callback({"step": sec.steps, "checkpoint": str(path)})
+    last = res.history[-1] if res.history else {}
+    return TrainResult(path, files, {"method": res.policy.meta["method"], "wall_s": res.wall_s, **last})

@@ -11,10 +11,11 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from smiling_ros.data.dataset import Normalizer
-from smiling_ros.learn.policy import mlp
+from smiling_ros.learn.fit import Fit, Optim
+from smiling_ros.learn.logger import RunLogger
+from smiling_ros.learn.nets import mlp
 
 
 class DynamicsEnsemble(nn.Module):
@@ -66,7 +67,7 @@ class DynamicsEnsemble(nn.Module):
 
 def train_ensemble(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, size: int, hidden: int, layers: int,
                    steps: int, lr: float, batch_size: int, gen: torch.Generator, progress: bool = True,
-                   log=None, log_every: int = 100, step_offset: int = 0) -> DynamicsEnsemble:
+                   log: Optional[RunLogger] = None, log_every: int = 100, step_offset: int = 0) -> DynamicsEnsemble:
     """Fit the ensemble on transitions (N, ds), (N, da), (N, ds) by MSE on z-scored deltas."""
     obs_norm, act_norm = Normalizer.fit(obs), Normalizer.fit(act)
     delta_norm = Normalizer.fit(next_obs - obs)
@@ -75,20 +76,13 @@ def train_ensemble(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, size:
     Y = torch.as_tensor(delta_norm.normalize(next_obs - obs))
     n = len(X)
     boot = torch.randint(0, n, (size, n), generator=gen)  # bootstrap sample of each member
-    opt = torch.optim.Adam(ens.parameters(), lr=lr, weight_decay=1e-5)
     bs = min(batch_size, n)
-    ema = None
-    bar = tqdm(range(steps), desc="dydiff: dynamics ensemble", disable=not progress, mininterval=1.0)
-    for step in bar:
-        idx = boot[:, torch.randint(0, n, (bs,), generator=gen)]  # (E, bs)
-        loss = sum(((m(X[i]) - Y[i]) ** 2).mean() for m, i in zip(ens.members, idx)) / size
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % log_every == 0 or step == steps - 1:
-            bar.set_postfix(mse=f"{ema:.4f}")
-            if log is not None:
-                log.add(step_offset + step, ensemble_mse=ema)
+
+    def compute_loss(idx: torch.Tensor) -> torch.Tensor:  # idx (E, bs): each member's own bootstrap rows
+        return sum(((m(X[i]) - Y[i]) ** 2).mean() for m, i in zip(ens.members, idx)) / size  # type: ignore[return-value]
+
+    Fit(ens, compute_loss, Optim(lr, weight_decay=1e-5), steps, name="dydiff: dynamics ensemble", logger=log,
+        rename={"loss": "ensemble_mse"}, log_every=log_every, progress=progress, step_offset=step_offset).run(
+        lambda: boot[:, torch.randint(0, n, (bs,), generator=gen)])
     ens.eval()
     return ens

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
-from smiling_ros.learn.policy import MlpActor, MlpPolicy, mlp
+from smiling_ros.learn.nets import mlp
+from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
 
 class ReplayBuffer:

@@ -21,6 +21,7 @@ from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
+from smiling_ros.learn.nets import mlp
 
 CLIP = 10.0
 
@@ -28,12 +29,7 @@ CLIP = 10.0
 class Discriminator(nn.Module):
     def __init__(self, x_dim: int, hidden: int = 256, layers: int = 1):
         super().__init__()
-        dims = [x_dim] + [hidden] * layers
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            mods += [nn.Linear(a, b), nn.LeakyReLU()]
-        mods.append(nn.Linear(dims[-1], 1))
-        self.mlp = nn.Sequential(*mods)
+        self.mlp = mlp([x_dim] + [hidden] * layers + [1], "leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D) normalised -> (B,) logits."""
@@ -111,7 +107,7 @@ class DacReward:
         return dict(self.metrics)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        from smiling_ros.methods.smiling.rl import optimizer_state
+        from smiling_ros.learn.checkpoint import optimizer_state
 
         t = {f"dac.disc.{k}": v for k, v in self.disc.state_dict().items()}
         ot, om = optimizer_state(self.opt, "dac.opt")
@@ -119,7 +115,7 @@ class DacReward:
         return t, {"rounds": self.rounds, "opt": om, "normalizer": self.normalizer.to_dict(), "metrics": self.metrics}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        from smiling_ros.methods.smiling.rl import load_optimizer_state, strip
+        from smiling_ros.learn.checkpoint import load_optimizer_state, strip
 
         self.disc.load_state_dict(strip(tensors, "dac.disc"))
         load_optimizer_state(self.opt, tensors, "dac.opt", meta["opt"])

@@ -12,43 +12,8 @@ import numpy as np
 import torch
 
 from smiling_ros.data.dataset import Normalizer
+from smiling_ros.learn.checkpoint import load_optimizer_state, optimizer_state, strip
 from smiling_ros.learn.policy import MlpActor, MlpPolicy
-
-
-def strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    p = prefix + "."
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
-
-
-def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A torch optimiser's state as tensors ``prefix.<param>.<key>`` plus JSON metadata."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str,
-                         meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in strip(tensors, prefix).items():
-        pid, key = k.split(".", 1)
-        state.setdefault(int(pid), {})[key] = v
-    for k, v in meta.get("scalars", {}).items():
-        pid, key = k.split(".", 1)
-        state.setdefault(int(pid), {})[key] = v
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def build_sac(env, opts, device: torch.device, seed: int, buffer_cls=None):

@@ -41,14 +41,9 @@ from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
-from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, per_sample_denoising_error
+from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, make_schedule, per_sample_denoising_error
 
 CLIP = 10.0  # |normalised input| bound
-
-
-def make_schedule(opts) -> NoiseSchedule:
-    """The schedule of a :class:`~smiling_ros.methods.smiling.config.SmilingSection`."""
-    return NoiseSchedule(opts.T, opts.schedule, opts.beta_start, opts.beta_end)
 
 
 def t_max_of(schedule: NoiseSchedule, min_abar: float) -> int:
@@ -220,7 +215,7 @@ def pretrain_expert(x_expert: np.ndarray, opts, device: torch.device, progress: 
     """Fit and freeze the expert score net on demo inputs ``x_expert`` (N, D). Returns the
     player, the input normaliser and the loss curve."""
     norm = Normalizer.fit(x_expert)
-    schedule = make_schedule(opts)
+    schedule = make_schedule(opts.T, opts.schedule, opts.beta_start, opts.beta_end)
     t_min, t_max = timestep_range(schedule, opts.min_abar, opts.min_sigma)
     player = ScorePlayer(x_expert.shape[1], schedule, t_max, opts.score_hidden, opts.score_layers, opts.score_lr, device,
                          t_min)
@@ -278,7 +273,7 @@ class SmilingReward:
                            self.expert.t_max, o.timesteps, o.reward_std, o.reward_clip, self.expert.t_min)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        from smiling_ros.methods.smiling.rl import optimizer_state
+        from smiling_ros.learn.checkpoint import optimizer_state
 
         t = {f"score.expert.{k}": v for k, v in self.expert.net.state_dict().items()}
         t.update({f"score.learner.{k}": v for k, v in self.learner.net.state_dict().items()})
@@ -289,11 +284,11 @@ class SmilingReward:
                    "metrics": self.metrics}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        from smiling_ros.methods.smiling.rl import load_optimizer_state, strip
+        from smiling_ros.learn.checkpoint import load_optimizer_state, strip
 
         o = self.opts
         self.normalizer = Normalizer.from_dict(meta["normalizer"])
-        schedule = make_schedule(o)
+        schedule = make_schedule(o.T, o.schedule, o.beta_start, o.beta_end)
         self.expert = ScorePlayer(self.x_expert.shape[1], schedule, int(meta["t_max"]), o.score_hidden, o.score_layers,
                                   o.score_lr, self.device, int(meta.get("t_min", 0)))
         self.expert.net.load_state_dict(strip(tensors, "score.expert"))

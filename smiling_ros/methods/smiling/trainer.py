@@ -43,12 +43,9 @@ the env reward (``run('sac', ...)``, used by ``train-expert`` and the benchmark)
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -57,15 +54,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from smiling_ros.data.evaluation import EVAL_COLUMNS
 from smiling_ros.errors import UserError
 from smiling_ros.learn.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from smiling_ros.learn.logger import RunLogger
+from smiling_ros.learn.plots import plot_learning_curve
 
 EnvFn = Callable[[], Any]
 Callback = Callable[[dict], Optional[bool]]
 
 TRAIN_COLUMNS = ["step", "time_s", "episodes", "ep_return", "ep_length", "critic_loss", "actor_loss", "ent_coef",
                  "reward_raw_mean", "reward_raw_std", "learner_loss", "disc_loss", "disc_acc", "steps_per_s"]
-EVAL_COLUMNS = ["step", "time_s", "mean_return", "std_return", "success_rate", "normalized_return"]
 
 
 def default_env_fn(cfg) -> EnvFn:
@@ -140,87 +139,11 @@ def dataset_fingerprint(dataset) -> str:
 
 
 # ---------------------------------------------------------------------------------- logs
-class CsvLog:
-    """Append-only CSV with a fixed header; ``truncate(step)`` drops rows after ``step`` (resume)."""
-
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns = path, columns
-
-    def truncate(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        rows = [r for r in self.read() if float(r["step"]) <= step]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, self.columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(self.path, buf.getvalue())
-
-    def append(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, self.columns, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: _fmt(row.get(k)) for k in self.columns})
-
-    def read(self) -> list[dict[str, str]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
-
-
-def _fmt(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
-
-
 def _plain(v: Any) -> Any:
     """numpy scalars -> Python numbers (for callbacks that publish or serialise metrics)."""
     if isinstance(v, np.generic):
         return v.item()
     return v
-
-
-def plot_learning_curve(out_dir: Path, title: str) -> Optional[Path]:
-    """learning_curve.png from eval.csv (normalised return, else return) and train.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ev = CsvLog(out_dir / "eval.csv", EVAL_COLUMNS).read()
-    tr = CsvLog(out_dir / "train.csv", TRAIN_COLUMNS).read()
-    if not ev and not tr:
-        return None
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    norm = [r for r in ev if r["normalized_return"] != ""]
-    if norm:
-        ax[0].plot([float(r["step"]) for r in norm], [float(r["normalized_return"]) for r in norm], "o-")
-        ax[0].set_ylabel("normalised return (eval)")
-        ax[0].axhline(1.0, color="gray", ls="--", lw=0.8)
-        ax[0].axhline(0.0, color="gray", ls=":", lw=0.8)
-    elif ev:
-        ax[0].plot([float(r["step"]) for r in ev], [float(r["mean_return"]) for r in ev], "o-")
-        ax[0].set_ylabel("return (eval)")
-    ax[0].set_xlabel("env steps")
-    trr = [r for r in tr if r["ep_return"] != ""]
-    if trr:
-        ax[1].plot([float(r["step"]) for r in trr], [float(r["ep_return"]) for r in trr])
-    ax[1].set_xlabel("env steps")
-    ax[1].set_ylabel("training episode return (env reward)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = out_dir / "learning_curve.png"
-    tmp = out_dir / ".learning_curve.tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -358,7 +281,6 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                                                      dataset_fingerprint(dataset), "states": int(len(dataset.obs))},
             "config": cfg.to_dict(), "config_path": cfg.path,
         }
-        train_log, eval_log = CsvLog(out / "train.csv", TRAIN_COLUMNS), CsvLog(out / "eval.csv", EVAL_COLUMNS)
         t_setup0 = time.perf_counter()
         elapsed0 = 0.0
         if ck is not None:
@@ -377,10 +299,11 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise UserError(f"{state_path}: inconsistent trainer state ({str(exc).splitlines()[0]})") from None
             elapsed0 = float(ck.meta.get("elapsed_s", 0.0))
-            for log in (train_log, eval_log):
-                log.truncate(model.num_timesteps)
         elif reward_model is not None:
             reward_model.setup(progress=progress)
+        resume_step = model.num_timesteps if ck is not None else None  # a resumed run drops later rows
+        train_log = RunLogger(out / "train.csv", TRAIN_COLUMNS, resume_step=resume_step)
+        eval_log = RunLogger(out / "eval.csv", EVAL_COLUMNS, resume_step=resume_step)
         t_setup = time.perf_counter() - t_setup0
 
         eval_episodes = opts.eval_episodes
@@ -508,7 +431,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                 if reward_model is not None:
                     row.update({k: v for k, v in reward_model.metrics.items() if k in TRAIN_COLUMNS})
                 row = {k: _plain(v) for k, v in row.items()}
-                train_log.append(row)
+                train_log.log(step, **{k: v for k, v in row.items() if k != "step"})
                 if self.bar is not None:
                     post = {k: f"{row[k]:.3g}" for k in ("ep_return", "critic_loss") if row.get(k) is not None}
                     self.bar.set_postfix(post, refresh=False)
@@ -522,7 +445,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                 with t_eval:
                     res = evaluate(export(step), None, eval_episodes, eval_seed, references, env=eval_env)
                 row = {"step": step, "time_s": elapsed0 + time.perf_counter() - t_start, **res}
-                eval_log.append(row)
+                eval_log.log(step, **{k: v for k, v in row.items() if k != "step"})
                 plot_learning_curve(out, f"{method} on {task}")
                 if self.bar is not None:
                     nr = res["normalized_return"]
