@@ -15,3 +15,26 @@ SECTIONS: dict[str, str] = {
     "dydiff": "smiling_ros.methods.dydiff.config:DyDiffConfig",
 }
 """Config sections of the methods: name -> ``"module:Dataclass"`` (see :func:`smiling_ros.config.registered_sections`)."""
+
+TRAINERS: dict[str, str] = {
+    "smiling": "smiling_ros.methods.smiling.trainer:train",
+    "dac": "smiling_ros.methods.smiling.dac:train_dac",
+    "bc": "smiling_ros.methods.bc:train_bc",
+}
+"""Trainers of the ``trainer_node`` ``method`` parameter and the ``train-<method>`` verbs that share its
+arguments: name -> ``"module:function"``."""
+
+
+def trainer(name: str, where: str = "method"):  # noqa: ANN201 - the registered function
+    """The trainer registered as ``name``; one-line error naming ``where`` otherwise."""
+    import importlib
+
+    from smiling_ros.errors import UserError
+
+    if name not in TRAINERS:
+        raise UserError(f"{where}: one of {', '.join(TRAINERS)}, got '{name}'")
+    mod, _, fn = TRAINERS[name].partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError):
+        raise UserError(f"{where}: '{name}' is not available in this installation") from None

@@ -51,16 +51,12 @@ from typing import Any, Optional
 from rclpy.node import Node
 
 from smiling_ros.errors import UserError
+from smiling_ros.methods import trainer
 from smiling_ros.ros.node_utils import ParamSpec, declare_params, param, run_node
 from smiling_ros.ros.qos import EVENTS
 
 NODE_NAME = "trainer_node"
 BACKENDS = ("mujoco", "ros")
-METHODS = {  # method -> (module, function)
-    "smiling": ("smiling_ros.methods.smiling.trainer", "train"),
-    "dac": ("smiling_ros.methods.smiling.dac", "train_dac"),
-    "bc": ("smiling_ros.methods.bc", "train_bc"),
-}
 DEFAULT_LOG_EVERY = 100  # env steps between progress events unless the config asks for fewer
 
 PARAMETERS: ParamSpec = {
@@ -129,8 +125,7 @@ def read_settings(node: Node) -> TrainerSettings:
     if backend not in BACKENDS:
         raise UserError(f"parameter 'backend': 'mujoco' or 'ros', got '{backend}'")
     method = p("method", "smiling")
-    if method not in METHODS:
-        raise UserError(f"parameter 'method': one of {', '.join(METHODS)}, got '{method}'")
+    trainer(method, "parameter 'method'")  # the registry the CLI's train verbs use
     if backend == "mujoco" and not cfg.task.env:
         raise UserError(f"{cfg.path}: task.env is empty, so backend 'mujoco' has nothing to simulate; "
                         f"use backend:=ros with a robot")
@@ -164,7 +159,7 @@ def read_settings(node: Node) -> TrainerSettings:
 
         have = smiling_section(cfg).log_every
         smiling = {**cfg.smiling, "log_every": log_every or min(have, DEFAULT_LOG_EVERY)}
-        cfg = dataclasses.replace(cfg, smiling=smiling)
+        cfg = cfg.with_section("smiling", smiling)
         smiling_section(cfg)  # re-validate
     n_envs = p("n_envs")
     if n_envs is not None and n_envs < 1:
@@ -234,14 +229,7 @@ class TrainerNode(Node):
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _method_fn(method: str):
-        import importlib
-
-        mod_name, fn_name = METHODS[method]
-        try:
-            fn = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError):
-            raise UserError(f"parameter 'method': '{method}' is not available in this installation") from None
-        return fn
+        return trainer(method, "parameter 'method'")
 
     def _resume_step(self) -> Optional[int]:
         """Step of the checkpoint a resumed run continues from (None when unknown)."""
@@ -282,7 +270,7 @@ class TrainerNode(Node):
 
             return env_fn, default_env_fn(cfg), cfg
         if s.method != "bc":  # a real robot without a simulator: no periodic evaluation
-            cfg = dataclasses.replace(cfg, smiling={**cfg.smiling, "eval_episodes": 0})
+            cfg = cfg.with_section("smiling", {**cfg.smiling, "eval_episodes": 0})
         return env_fn, None, cfg
 
     # ------------------------------------------------------------------ worker

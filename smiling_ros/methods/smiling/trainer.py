@@ -67,6 +67,27 @@ TRAIN_COLUMNS = ["step", "time_s", "episodes", "ep_return", "ep_length", "critic
                  "reward_raw_mean", "reward_raw_std", "learner_loss", "disc_loss", "disc_acc", "steps_per_s"]
 
 
+REWARDS: dict[str, Optional[str]] = {
+    "smiling": "smiling_ros.methods.smiling.score:SmilingReward",  # DS cost of the two score players
+    "dac": "smiling_ros.methods.smiling.dac:DacReward",  # discriminator reward
+    "sac": None,  # the env's own reward (train-expert)
+}
+"""The online loop's reward models: method -> ``"module:Class"`` constructed as ``Class(x_expert, opts,
+device, seed)`` with ``setup/reward/absorbing_reward/update/state/load_state`` and ``metrics``; None: the
+env's reward, no demonstrations."""
+
+
+def reward_model_class(method: str) -> Any:
+    """The reward model class registered for ``method`` (None for the env's reward)."""
+    import importlib
+
+    target = REWARDS[method]
+    if target is None:
+        return None
+    mod, _, cls = target.partition(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
 def default_env_fn(cfg) -> EnvFn:
     from smiling_ros.envs import make_env_from_config
 
@@ -171,8 +192,9 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
     from smiling_ros.learn.device import select_device
     from smiling_ros.methods.smiling.config import smiling_section
 
-    if method not in ("smiling", "dac", "sac"):
-        raise ValueError(f"unknown method {method!r}")
+    if method not in REWARDS:
+        raise ValueError(f"unknown method {method!r} (known: {', '.join(REWARDS)})")
+    reward_cls = reward_model_class(method)
     opts = smiling_section(cfg)
     if variant is not None:
         if variant not in ("state", "state_action"):
@@ -227,7 +249,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             envs.append(env_fn())
         env = envs[0]
         obs_dim, act_dim = _space_dims(env)
-        if method != "sac":
+        if reward_cls is not None:
             if dataset is None:
                 raise UserError(f"{method}: a demonstration dataset is required")
             check_dataset(dataset, obs_dim, act_dim, opts.variant, opts.min_demo_states, task)
@@ -241,19 +263,12 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         reward_model = None
         absorb = False
         t_reward, t_learner, t_eval, t_ckpt = _Timer(), _Timer(), _Timer(), _Timer()
-        if method != "sac":
+        if reward_cls is not None:
             from smiling_ros.methods.smiling.score import expert_inputs
 
             low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
             x_exp = expert_inputs(dataset.obs, dataset.act, opts.variant, low, high)
-            if method == "smiling":
-                from smiling_ros.methods.smiling.score import SmilingReward
-
-                reward_model = SmilingReward(x_exp, opts, dev, seed)
-            else:
-                from smiling_ros.methods.smiling.dac import DacReward
-
-                reward_model = DacReward(x_exp, opts, dev, seed)
+            reward_model = reward_cls(x_exp, opts, dev, seed)
 
             absorb = opts.absorbing and sac_o.gamma < 1
             k_abs = sac_o.gamma / (1 - sac_o.gamma) if absorb else 0.0
@@ -275,7 +290,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             buffer.relabel = relabel
 
         base_meta = {
-            "task": task, "method": method, "variant": opts.variant if method != "sac" else None,
+            "task": task, "method": method, "variant": opts.variant if reward_cls is not None else None,
             "obs_dim": obs_dim, "act_dim": act_dim, "seed": seed, "total_steps": total, "n_envs": n_envs,
             "dataset": None if dataset is None else {"path": dataset.meta.get("path"), "fingerprint":
                                                      dataset_fingerprint(dataset), "states": int(len(dataset.obs))},
@@ -315,7 +330,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
 
             eval_env_fn = eval_env_fn or env_fn
             expert = expert_spec(cfg)
-            if method == "sac" and expert not in (None, "scripted") and not Path(expert).exists():
+            if reward_cls is None and expert not in (None, "scripted") and not Path(expert).exists():
                 expert = None  # train-expert writing the expert the config names
             references = reference_returns(eval_env_fn, expert, expert_section(cfg).reference_episodes,
                                            seed=2_000_000 + seed, dataset=dataset, cache=out / "references.json",
@@ -331,7 +346,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             with t_ckpt:
                 t, meta_sac = sac_state(model)
                 bt, meta_buf = buffer.state_tensors()
-                if method != "sac":  # stored env rewards are unused (relabelled); keep the file loadable
+                if reward_cls is not None:  # stored env rewards are unused (relabelled); keep the file loadable
                     bt["buffer.rewards"] = torch.nan_to_num(bt["buffer.rewards"], nan=0.0, posinf=0.0, neginf=0.0)
                 t.update(bt)
                 meta = {**base_meta, "kind": f"{method}_run", "step": step, "sac": meta_sac, "buffer": meta_buf,
@@ -489,7 +504,7 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
                            "checkpoint_s": t_ckpt.total},
             "reward_metrics": dict(reward_model.metrics) if reward_model is not None else None,
             "score_rows_per_update": (reward_model.cost.rows / max(model._n_updates, 1)
-                                      if method == "smiling" and not resume else None),
+                                      if hasattr(reward_model, "cost") and not resume else None),
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
         plot_learning_curve(out, f"{method} on {task}")
