@@ -28,7 +28,13 @@ Topics:
 <topics.policy>        std_msgs/String, EVENTS QoS       path of each new policy checkpoint, a
                        (reliable, transient local)       copy ``out_dir/policies/policy_<step>
                                                           .safetensors`` (the last ``keep_policies``
-                                                          are kept), so controller_node hot-swaps
+                                                          are kept), so controller_node hot-swaps;
+                                                          with ``transfer_checkpoints`` a JSON
+                                                          announcement (path, size, sha256)
+<topics.policy>        std_msgs/UInt8MultiArray,          with ``transfer_checkpoints``: the
+/checkpoint            reliable, transient local, depth 1 checkpoint's bytes (smiling_ros.learn
+                                                          .transfer), for a controller on another
+                                                          machine
 =====================  ================================  =========================================
 
 SIGINT/SIGTERM: training stops at the next log event (every ``log_every`` env steps), writes a

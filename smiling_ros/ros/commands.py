@@ -9,6 +9,7 @@ Message objects are reused per interface (a 500 Hz stream allocates nothing for 
 """
 from __future__ import annotations
 
+import array
 from typing import Any, Optional
 
 import numpy as np
@@ -58,8 +59,30 @@ class CommandMessages:
             m.twist.angular.x, m.twist.angular.y, m.twist.angular.z = (float(v) for v in cmd.angular)
             return m
         if isinstance(cmd, TrajectoryCommand):
-            return trajectory_message(cmd)
+            return self._trajectory(cmd)
         raise TypeError(f"not a command description: {type(cmd).__name__}")
+
+
+    def _trajectory(self, cmd: TrajectoryCommand) -> Any:
+        """The JointTrajectory, reusing the message and its point objects (a stream fills one per tick)."""
+        from trajectory_msgs.msg import JointTrajectoryPoint
+
+        msg = self._msg
+        if list(msg.joint_names) != cmd.joint_names:
+            msg.joint_names = list(cmd.joint_names)
+        pool = getattr(self, "_points", None)
+        if pool is None:
+            pool = self._points = []
+        while len(pool) < len(cmd.times_s):
+            pool.append(JointTrajectoryPoint())
+        points = pool[:len(cmd.times_s)]
+        for i, p in enumerate(points):
+            p.positions = array.array("d", cmd.positions[i])
+            p.velocities = array.array("d", cmd.velocities[i] if cmd.velocities is not None else ())
+            ns = int(round(cmd.times_s[i] * 1e9))
+            p.time_from_start.sec, p.time_from_start.nanosec = divmod(ns, 1_000_000_000)
+        msg.points = points
+        return msg
 
 
 def trajectory_message(cmd: TrajectoryCommand) -> Any:
