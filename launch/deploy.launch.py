@@ -6,6 +6,10 @@ ros2_control command topic at control rate, configured and activated by this lau
 
 With sim:=true (default) the simulated robot runs in real time beside it; on a real robot set
 sim:=false and point config at the robot's task file (topics, fields, limits).
+
+Launch arguments left empty are unset: the robot config decides. config/nodes.yaml has no
+controller_node entry, and the controller's safety settings (stop_action, watchdog_periods,
+rate limits, ...) are read from the robot config only.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
@@ -51,8 +55,8 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", description="policy checkpoint (.safetensors)"),
         DeclareLaunchArgument("control_rate_hz", default_value="", description="control rate [Hz]; empty: from the config"),
         DeclareLaunchArgument("steps", default_value="", description="BRIDGER sampling steps; empty: from the checkpoint"),
-        DeclareLaunchArgument("command_topic", default_value="/forward_command_controller/commands",
-                              description="ros2_control command topic"),
+        DeclareLaunchArgument("command_topic", default_value="",
+                              description="ros2_control command topic; empty: from the config"),
         DeclareLaunchArgument("sim", default_value="true", description="also run the simulated robot"),
         Node(
             package="smiling_ros",

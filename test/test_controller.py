@@ -18,6 +18,7 @@ from smiling_ros.io.fields import VectorAssembler
 from smiling_ros.config import FieldSpec, config_from_dict
 from smiling_ros.control import (
     ControlLoop,
+    SafetyEnvelope,
     ControllerSection,
     DeadlineTracker,
     LatencyStats,
@@ -64,11 +65,15 @@ class ScriptedPolicy:
         self.resets += 1
 
 
-def make_loop(policy=None, low=(-0.5, -0.5), high=(0.5, 0.5), **kw):
+def make_loop(policy=None, low=(-0.5, -0.5), high=(0.5, 0.5), watchdog_periods=2, envelope=None, **kw):
+    """A loop over one Float64MultiArray field (no header: receive time) whose maximum age is
+    ``watchdog_periods`` control periods."""
     policy = policy or ScriptedPolicy()
     spec = FieldSpec(topic=TOPIC, type="std_msgs/msg/Float64MultiArray", field="data")
-    asm = make_assembler([spec], policy.obs_dim, kw.pop("max_abs", None))
-    return ControlLoop(policy, asm, np.array(low), np.array(high), P, **kw), policy
+    asm = make_assembler([spec], policy.obs_dim, kw.pop("max_abs", None), period_s=P / 1e9,
+                         stale_periods=watchdog_periods)
+    return ControlLoop(policy, asm, np.array(low), np.array(high), P, watchdog_periods, envelope=envelope,
+                       **kw), policy
 
 
 def obs(*values):
@@ -94,7 +99,7 @@ def test_no_command_before_first_observation():
 
 
 @pytest.mark.parametrize("periods", [1, 2, 5])
-def test_watchdog_stops_after_exactly_watchdog_periods_and_resumes(periods):
+def test_stale_input_stops_at_the_first_tick_past_its_max_age_and_resumes(periods):
     loop, pol = make_loop(watchdog_periods=periods)
     pol.output = np.array([0.1, -0.1])
     loop.on_message(TOPIC, obs(0, 0, 0), 0)
@@ -104,8 +109,8 @@ def test_watchdog_stops_after_exactly_watchdog_periods_and_resumes(periods):
     assert reasons[: periods + 1] == ["command"] * (periods + 1)
     assert reasons[periods + 1] == "stop"  # the single zero command
     np.testing.assert_array_equal(results[periods + 1].action, [0.0, 0.0])
-    assert "stale" in results[periods + 1].event
-    assert all(r.action is None for r in results[periods + 2:])
+    assert results[periods + 1].event.startswith("fault: stale: /observation:data")
+    assert all(r.action is None and r.reason == "fault" and r.event is None for r in results[periods + 2:])
     # One nanosecond past the limit is already stale (the bound is exact).
     loop2, _ = make_loop(watchdog_periods=periods)
     loop2.on_message(TOPIC, obs(0, 0, 0), 0)
@@ -118,10 +123,13 @@ def test_watchdog_stops_after_exactly_watchdog_periods_and_resumes(periods):
     r = loop.tick(t + 1)
     assert r.reason == "command" and "resumed" in r.event
     assert pol.resets == resets + 1
+    d = loop.diagnostics()
+    assert d["fault_episodes"] == 1 and d["faults_stale"] == 1 and d["watchdog"] == "ok"
 
 
-def test_hold_repeats_last_command_when_stale():
-    loop, pol = make_loop(on_stale="hold", watchdog_periods=1)
+@pytest.mark.parametrize("how", [{"stop_action": "hold"}, {"on_stale": "hold"}])
+def test_hold_repeats_last_command_on_a_fault(how):
+    loop, pol = make_loop(watchdog_periods=1, **how)
     pol.output = np.array([0.3, 0.4])
     loop.on_message(TOPIC, obs(0, 0, 0), 0)
     first = loop.tick(0).action
@@ -130,6 +138,8 @@ def test_hold_repeats_last_command_when_stale():
     for r in held:
         np.testing.assert_array_equal(r.action, first)
     assert len(pol.seen) == 1  # no inference on stale observations
+    loop.on_message(TOPIC, obs(np.nan, 0, 0), 6 * P)  # any fault holds, NaN too
+    assert loop.tick(6 * P).reason == "hold" and len(pol.seen) == 1
 
 
 def test_stop_action_none_sends_nothing():
@@ -148,42 +158,35 @@ def test_zero_stop_action_needs_zero_inside_limits():
 
 
 @pytest.mark.parametrize("bad", [[np.nan, 0, 0], [0, np.inf, 0], [0, 0, -np.inf]])
-def test_nonfinite_observation_gives_no_command(bad):
+def test_nonfinite_observation_stops_at_that_tick(bad):
     loop, pol = make_loop()
     pol.output = np.array([0.1, 0.1])
-    loop.on_message(TOPIC, obs(*bad), 0)
-    r = loop.tick(1)
-    assert r.action is None and r.reason == "bad_observation"
-    assert TOPIC in r.warning and ("NaN" in r.warning or "inf" in r.warning)
-    assert not pol.seen
-    loop.on_message(TOPIC, obs(1, 2, 3), 2)
-    assert loop.tick(3).reason == "command"
+    loop.on_message(TOPIC, obs(1, 2, 3), 0)
+    assert loop.tick(1).reason == "command"
+    loop.on_message(TOPIC, obs(*bad), 2)
+    r = loop.tick(3)
+    assert r.reason == "stop" and np.array_equal(r.action, [0, 0])
+    k = int(np.flatnonzero(~np.isfinite(bad))[0])
+    assert r.event.startswith(f"fault: nonfinite: /observation:data[{k}]: element {k} is")
+    assert len(pol.seen) == 1
+    for t in (4, 5):  # still NaN: nothing more, logged once
+        loop.on_message(TOPIC, obs(*bad), t)
+        r = loop.tick(t)
+        assert r.action is None and r.event is None
+    loop.on_message(TOPIC, obs(1, 2, 3), 6)
+    assert loop.tick(7).reason == "command"
+    assert loop.diagnostics()["faults_nonfinite"] == 1
 
 
-def test_persistent_nan_stops_after_watchdog_periods():
-    loop, pol = make_loop(watchdog_periods=2, on_stale="hold")
-    pol.output = np.array([0.1, 0.1])
-    loop.on_message(TOPIC, obs(0, 0, 0), 0)
-    assert loop.tick(0).reason == "command"
-    results = []
-    for k in range(1, 7):  # NaN observations keep arriving: fresh, but invalid
-        loop.on_message(TOPIC, obs(np.nan, 0, 0), k * P - 1)
-        results.append(loop.tick(k * P))
-    assert [r.reason for r in results] == ["bad_observation"] * 2 + ["stop"] + ["bad_observation"] * 3
-    np.testing.assert_array_equal(results[2].action, [0, 0])
-    assert all(r.action is None for i, r in enumerate(results) if i != 2)
-    loop.on_message(TOPIC, obs(0, 0, 0), 7 * P)
-    assert loop.tick(7 * P).reason == "command"
-
-
-def test_huge_observation_beyond_max_abs_gives_no_command():
+def test_huge_observation_beyond_max_abs_is_a_fault():
     loop, pol = make_loop(max_abs=1e3)
     loop.on_message(TOPIC, obs(0, 1e6, 0), 0)
     r = loop.tick(1)
-    assert r.action is None and r.reason == "bad_observation" and "1e+06" in r.warning
+    assert r.action is None and r.reason == "fault" and "range" in r.event and "1e+06" in r.event
+    assert not pol.seen
 
 
-def test_wrong_size_observation_is_rejected_and_never_used():
+def test_wrong_size_observation_is_rejected_and_stops_at_the_next_tick():
     loop, pol = make_loop(watchdog_periods=2)
     warning = loop.on_message(TOPIC, obs(1, 2), 0)  # first message of the wrong size
     assert warning and "size 3" in warning
@@ -191,24 +194,28 @@ def test_wrong_size_observation_is_rejected_and_never_used():
     loop.on_message(TOPIC, obs(1, 2, 3), 10)
     assert loop.tick(11).reason == "command"
     assert "size 3" in loop.on_message(TOPIC, obs(1, 2, 3, 4), 12)
-    # The rejected message does not refresh the observation: the watchdog runs out.
-    assert loop.tick(10 + 2 * P).reason == "command"
-    assert loop.tick(11 + 2 * P).reason == "stop"
-    assert all(len(o) == 3 for o in pol.seen)
+    r = loop.tick(13)  # the field's newest message was unreadable: no command from the older one
+    assert r.reason == "stop" and "rejected" in r.event and "size 3" in r.event
+    assert all(len(o) == 3 for o in pol.seen) and len(pol.seen) == 1
+    loop.on_message(TOPIC, obs(1, 2, 3), 14)
+    assert loop.tick(15).reason == "command"
 
 
-@pytest.mark.parametrize("output,reason", [
+@pytest.mark.parametrize("output,kind", [
     ([np.nan, 0.0], "bad_action"),
     ([0.0, np.inf], "bad_action"),
     ([0.0], "bad_action"),
     (RuntimeError("boom"), "policy_error"),
 ])
-def test_bad_policy_output_gives_no_command(output, reason):
+def test_bad_policy_output_is_a_fault(output, kind):
     loop, pol = make_loop()
-    pol.output = output if isinstance(output, Exception) else np.asarray(output)
     loop.on_message(TOPIC, obs(0, 0, 0), 0)
-    r = loop.tick(1)
-    assert r.action is None and r.reason == reason and r.warning
+    assert loop.tick(1).reason == "command"
+    pol.output = output if isinstance(output, Exception) else np.asarray(output)
+    r = loop.tick(2)
+    assert r.reason == "stop" and np.array_equal(r.action, [0, 0]) and r.event.startswith(f"fault: {kind}")
+    pol.output = np.zeros(2)
+    assert loop.tick(3).reason == "command"
 
 
 def test_estop_publishes_one_zero_then_nothing_until_released():
@@ -249,35 +256,101 @@ def test_policy_swap_happens_at_next_tick():
     assert loop.diagnostics()["policy"] == "new.safetensors"
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    outputs=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2, max_size=2),
-    observation=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=5),
-    age=st.integers(0, 5 * P),
-    lo=st.floats(-10, 0), width=st.floats(0, 10),
-)
-def test_never_commands_nonfinite_or_out_of_limits(outputs, observation, age, lo, width):
+def test_ramp_in_after_activate_fault_and_estop_release():
+    env = SafetyEnvelope([-1, -1], [1, 1], P, ramp_in_s=4 * P / 1e9)
+    loop, pol = make_loop(low=(-1, -1), high=(1, 1), envelope=env, watchdog_periods=1)
+    pol.output = np.array([0.8, -0.8])
+
+    def run(t0):
+        out = []
+        for k in range(6):
+            loop.on_message(TOPIC, obs(0, 0, 0), t0 + k * P)
+            out.append(loop.tick(t0 + k * P).action[0])
+        return out
+
+    np.testing.assert_allclose(run(0), [0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    assert loop.tick(8 * P).reason == "stop"  # stale
+    np.testing.assert_allclose(run(10 * P), [0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    loop.set_estop(True)
+    loop.set_estop(False)
+    np.testing.assert_allclose(run(20 * P), [0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+
+
+# A sequence of events for the property tests: (dt since the previous event [ns], what).
+EVENTS = st.lists(st.tuples(
+    st.integers(0, 4 * P),
+    st.one_of(
+        st.tuples(st.just("msg"), st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=2, max_size=4)),
+        st.tuples(st.just("tick"), st.lists(st.floats(-5, 5), min_size=2, max_size=2)),
+        st.tuples(st.just("estop"), st.booleans()),
+    )), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=EVENTS, lo=st.floats(-2, 0), width=st.floats(0.01, 3), rate=st.floats(0.1, 50),
+       ramp=st.integers(0, 5), periods=st.integers(1, 3), stop=st.sampled_from(["zero", "hold", "none"]))
+def test_no_command_violates_a_limit_or_comes_from_stale_or_invalid_input(events, lo, width, rate, ramp, periods,
+                                                                           stop):
     low, high = np.array([lo, lo]), np.array([lo + width, lo + width])
-    loop, pol = make_loop(low=low, high=high, stop_action="none")
-    pol.output = np.array(outputs)
-    loop.on_message(TOPIC, obs(*observation), 0)
-    r = loop.tick(age)
-    if r.action is not None:
-        assert np.all(np.isfinite(r.action)) and np.all(r.action >= low) and np.all(r.action <= high)
-        assert len(observation) == 3 and np.all(np.isfinite(observation)) and age <= 2 * P
+    if stop == "zero" and not lo <= 0 <= lo + width:
+        stop = "none"
+    env = SafetyEnvelope(low, high, P, max_rate=[rate], ramp_in_s=ramp * P / 1e9)
+    loop, pol = make_loop(low=low, high=high, stop_action=stop, watchdog_periods=periods, envelope=env)
+    t, last_msg, last_cmd, last_cmd_t, estop = 0, None, None, None, False
+    for dt, (what, arg) in events:
+        t += dt
+        if what == "msg":
+            loop.on_message(TOPIC, obs(*arg), t)
+            if len(arg) == 3:
+                last_msg = (t, np.asarray(arg, np.float64))
+        elif what == "estop":
+            zero = loop.set_estop(arg)
+            estop = arg
+            if zero is not None:
+                assert stop == "zero" and np.array_equal(zero, [0, 0])
+                last_cmd = None
+        else:
+            pol.output = np.asarray(arg)
+            seen = len(pol.seen)
+            r = loop.tick(t)
+            if r.reason == "command":
+                # computed from the newest valid message, at most `periods` control periods old
+                assert len(pol.seen) == seen + 1 and not estop
+                assert last_msg is not None and t - last_msg[0] <= periods * P
+                assert np.all(np.isfinite(last_msg[1])) and np.array_equal(pol.seen[-1], last_msg[1].astype(np.float32))
+                assert np.all(np.isfinite(r.action)) and np.all(r.action >= low) and np.all(r.action <= high)
+                if last_cmd is not None:  # rate limit since the previous command
+                    assert np.all(np.abs(r.action - last_cmd) <= rate * (t - last_cmd_t) / 1e9 + 1e-9)
+                last_cmd, last_cmd_t = r.action, t
+            else:
+                assert len(pol.seen) == seen  # no inference on a faulted tick
+                if r.reason == "hold":
+                    assert stop == "hold" and np.array_equal(r.action, last_cmd)
+                    last_cmd_t = t
+                elif r.action is not None:
+                    assert r.reason == "stop" and stop == "zero" and np.array_equal(r.action, [0, 0])
+                    last_cmd = None
+                if r.reason in ("fault", "stop", "estop", "waiting"):
+                    last_cmd = None if r.reason != "fault" or stop != "hold" else last_cmd
 
 
-def test_watchdog_state_machine_events():
-    wd = Watchdog(P, 2)
-    assert wd.check(0, None) == ("waiting", None)
-    state, event = wd.check(5, 0)
-    assert state == "ok" and "fresh" in event
-    assert wd.check(2 * P, 0) == ("ok", None)
-    state, event = wd.check(2 * P + 1, 0)
-    assert state == "stale" and "stale" in event and wd.stale_events == 1
-    assert wd.check(3 * P, 0) == ("stale", None)
-    state, event = wd.check(3 * P, 3 * P)
-    assert state == "ok" and "resumed" in event
+def test_watchdog_episodes_and_events():
+    from smiling_ros.io.fields import FieldFault
+
+    wd = Watchdog(P)
+    waiting = FieldFault("waiting", 0, "/o:data", None, "no sample yet")
+    assert wd.check(0, [waiting]) == ("waiting", None)
+    state, event = wd.check(5, [])
+    assert state == "ok" and "commanding" in event
+    stale = FieldFault("stale", 0, "/js:position", 7_000_000_000, "newest sample 30.0 ms old (max_age 20.0 ms)")
+    nan = FieldFault("nonfinite", 1, "/js:velocity[elbow]", 7_000_000_000, "element 1 is NaN")
+    state, event = wd.check(P, [stale, nan])
+    assert state == "fault" and event == ("fault: stale: /js:position: newest sample 30.0 ms old (max_age 20.0 ms) "
+                                          "(stamp 7.000000 s) (+1 more); stopped commanding")
+    assert wd.check(2 * P, [nan]) == ("fault", None)  # same episode: logged once
+    state, event = wd.check(4 * P, [])
+    assert state == "ok" and "after 3 periods; resumed" in event
+    assert wd.episodes == 1 and dict(wd.kinds) == {"stale": 1, "nonfinite": 1}
 
 
 def test_deadline_tracker_counts_skipped_and_late_ticks():
@@ -339,6 +412,7 @@ def test_settings_parameters_override_config(tmp_path):
     cfg = write_cfg(tmp_path, controller={"watchdog_periods": 4, "on_stale": "hold", "control_rate_hz": 80.0})
     s = resolve_settings(cfg, "x.safetensors", {})
     assert (s.control_rate_hz, s.watchdog_periods, s.on_stale, s.device) == (80.0, 4, "hold", "cpu")
+    assert s.fault_action == "hold"
     s = resolve_settings(cfg, "x.safetensors", {"control_rate_hz": 250.0, "command_topic": "/c"})
     assert s.control_rate_hz == 250.0 and s.period_ns == 4_000_000 and s.command_topic == "/c"
     s = resolve_settings(write_cfg(tmp_path), "x.safetensors", {})
@@ -349,9 +423,10 @@ def test_settings_parameters_override_config(tmp_path):
     ({"control_rate_hz": -5.0}, "parameter 'control_rate_hz': must be > 0"),
     ({"control_rate_hz": 0.0}, "parameter 'control_rate_hz'"),
     ({"steps": 0}, "parameter 'steps': must be >= 1"),
-    ({"watchdog_periods": 0}, "parameter 'watchdog_periods'"),
-    ({"on_stale": "maybe"}, "parameter 'on_stale': 'stop' or 'hold'"),
-    ({"stop_action": "brake"}, "parameter 'stop_action'"),
+    ({"steps": "two"}, "parameter 'steps': expected an integer"),
+    ({"watchdog_periods": 3}, "parameter 'watchdog_periods': a safety setting, read from the robot config only"),
+    ({"stop_action": "zero"}, "parameter 'stop_action': a safety setting"),
+    ({"max_rate": [1.0]}, "parameter 'max_rate': a safety setting"),
     ({"command_topic": "relative"}, "parameter 'command_topic': topic names must be absolute"),
     ({"device": "tpu"}, "device: 'tpu'"),
 ])

@@ -354,8 +354,10 @@ def test_bad_parameters_fail_configure_with_one_line(tmp_path):
     cases = {
         "rate": ([f"config:={cfg}", f"checkpoint:={pols['a']}", "control_rate_hz:=-5.0"],
                  "parameter 'control_rate_hz': must be > 0"),
-        "type": ([f"config:={cfg}", f"checkpoint:={pols['a']}", "watchdog_periods:=two"],
-                 "parameter 'watchdog_periods': expected int"),
+        "type": ([f"config:={cfg}", f"checkpoint:={pols['a']}", "steps:=two"],
+                 "parameter 'steps': expected int"),
+        "safety": ([f"config:={cfg}", f"checkpoint:={pols['a']}", "stop_action:=none"],
+                   "parameter 'stop_action': a safety setting, read from the robot config only"),
         "typo": ([f"config:={cfg}", f"checkpoint:={pols['a']}", "contol_rate_hz:=100"],
                  "parameter 'contol_rate_hz': unknown"),
         "robot": ([f"config:={sized}", f"checkpoint:={pols['c']}"], "obs_dim is 4 but this robot/task has 3"),

@@ -85,9 +85,17 @@ def test_controller_drives_sim_node_to_success(tmp_path, ros_env):
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     logs = {k: open(tmp_path / f"{k}.log", "w") for k in ("sim", "ctl")}
+    # The robot config with a more tolerant watchdog for a loaded machine (a safety setting: config only).
+    import yaml
+
+    from smiling_ros.config import resolve_config_path
+
+    robot = yaml.safe_load(resolve_config_path("arm_reach").read_text())
+    robot["controller"]["watchdog_periods"] = 3
+    (tmp_path / "robot.yaml").write_text(yaml.safe_dump(robot))
     ctl = subprocess.Popen(
-        [sys.executable, "-m", "smiling_ros.nodes.controller_node", "--ros-args", "-p", "config:=arm_reach",
-         "-p", f"checkpoint:={ckpt}", "-p", f"control_rate_hz:={rate}", "-p", "watchdog_periods:=3"],
+        [sys.executable, "-m", "smiling_ros.nodes.controller_node", "--ros-args", "-p",
+         f"config:={tmp_path / 'robot.yaml'}", "-p", f"checkpoint:={ckpt}", "-p", f"control_rate_hz:={rate}"],
         env=ros_env, stdout=logs["ctl"], stderr=subprocess.STDOUT)
     sim = subprocess.Popen(
         [sys.executable, "-m", "smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach",

@@ -177,7 +177,7 @@ def test_dbc_policy_deploys_through_the_controller_and_sources_bridger(demos, tm
                  "--steps", "100", "--quiet"]) == 0
     robot = tmp_path / "pendulum_robot.yaml"
     robot.write_text(yaml.safe_dump({
-        "rate_hz": 50.0, "observation": [{"topic": "/observation", "type": "std_msgs/msg/Float64MultiArray",
+        "rate_hz": 20.0, "observation": [{"topic": "/observation", "type": "std_msgs/msg/Float64MultiArray",
                                           "field": "data"}],
         "action": [{"topic": "/cmd", "field": "data"}], "limits": {"action_low": [-0.5], "action_high": [0.5]}}))
     settings = resolve_settings(str(robot), str(out), {})

@@ -108,6 +108,8 @@ def deploy(cfg, checkpoint: Path, episodes: int, time_scale: float, out_bag: Pat
             children.append(recorder)
             controller = Child("controller_node", "smiling_ros.nodes.controller_node", {
                 "config": cfg.path, "checkpoint": str(checkpoint), "control_rate_hz": rate,
+                # the simulator runs time_scale times faster: one policy step is still one training step
+                "allow_rate_mismatch": time_scale != 1.0,
                 "follow_announcements": False}, env, logs)
             children.append(controller)
             # The robot starts its first episode only once the controller is commanding.

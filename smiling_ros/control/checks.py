@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from smiling_ros.config import Config
-from smiling_ros.control.settings import ControllerSettings  # noqa
+from smiling_ros.control.settings import ControllerSettings
 from smiling_ros.errors import UserError
 
 
@@ -68,13 +68,18 @@ def resolve_limits(cfg: Config, policy: Any, path: str) -> tuple[np.ndarray, np.
     return low, high
 
 
-def make_assembler(specs: list[Any], obs_dim: int, max_abs: Optional[float] = None) -> Any:
+def make_assembler(specs: list[Any], obs_dim: int, max_abs: Optional[float] = None,
+                   rates_hz: Optional[dict[str, float]] = None, period_s: Optional[float] = None,
+                   stale_periods: float = 2.0, clock_tolerance_s: float = 0.5) -> Any:
     """The observation assembler for a policy taking ``obs_dim`` values.
 
     A field whose size the config leaves open (e.g. ``data`` of a Float64MultiArray) gets the size
     the policy needs when it is the only such field, so a message of another size is rejected on
-    arrival (and the first message cannot fix a wrong size). Raises :class:`UserError` when the
-    declared sizes cannot add up to ``obs_dim`` or a field has no message type.
+    arrival (and the first message cannot fix a wrong size). Each field's maximum age: its
+    ``max_age_s``, else ``stale_periods`` periods of its topic's rate in ``rates_hz`` (the
+    training data's), but at least ``stale_periods`` periods of ``period_s`` (the control period).
+    Raises :class:`UserError` when the declared sizes cannot add up to ``obs_dim`` or a field has
+    no message type.
     """
     from smiling_ros.io.fields import VectorAssembler, declared_size
 
@@ -95,13 +100,151 @@ def make_assembler(specs: list[Any], obs_dim: int, max_abs: Optional[float] = No
     # overflow to inf are rejected as well as NaN.
     f32_max = float(np.finfo(np.float32).max)
     bound = f32_max if max_abs is None else min(float(max_abs), f32_max)
-    return VectorAssembler(specs, max_abs=bound)
+    return VectorAssembler(specs, max_abs=bound, rates_hz=rates_hz, period_s=period_s, stale_periods=stale_periods,
+                           clock_tolerance_s=clock_tolerance_s)
+
+
+# --------------------------------------------------------------------------- training spec vs robot
+def training_spec(policy: Any) -> Optional[dict[str, Any]]:
+    """What the policy was trained on (:func:`smiling_ros.learn.checkpoint.robot_spec`): the
+    checkpoint's ``spec``, else derived from its embedded training config; None if it has neither."""
+    from smiling_ros.learn.checkpoint import robot_spec
+
+    meta = getattr(policy, "meta", None) or {}
+    spec = meta.get("spec")
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(meta.get("config"), dict):
+        return robot_spec(meta["config"])
+    return None
+
+
+def _norm_field(f: dict[str, Any]) -> dict[str, Any]:
+    from smiling_ros.io.fields import normalize_msgtype
+
+    out = {k: f.get(k) for k in ("topic", "field", "joints", "indices", "orientation")}
+    out["type"] = normalize_msgtype(f.get("type") or "")
+    out["orientation"] = out["orientation"] or "quat"
+    out["field"] = out["field"] or "data"
+    return out
+
+
+def _joint_difference(kind: str, have: list[str], want: list[str]) -> str:
+    if sorted(have) == sorted(want):
+        return f"{kind} {want} in the checkpoint, {have} in the config (same joints, another order)"
+    return f"{kind} {want} in the checkpoint, {have} in the config"
+
+
+def check_spec(policy: Any, path: str, settings: Any) -> Optional[str]:
+    """Refuse a policy trained on other inputs, outputs or rate than this robot's config gives.
+
+    Compares the checkpoint's training spec with the robot config: the observation fields (topic,
+    type, field, joint names in order, indices, orientation), the command joints in order and
+    their meaning, and the training rate with ``control_rate_hz`` (differing by more than
+    ``rate_tolerance`` is refused unless ``allow_rate_mismatch``). Raises :class:`UserError` with
+    one line naming the difference; returns a note when the checkpoint carries no spec.
+    """
+    spec = training_spec(policy)
+    cfg = settings.config
+    where = cfg.path or "config"
+    if spec is None:
+        return (f"{path}: carries no training spec (observation fields, command joints, rate); only sizes "
+                "were checked")
+    trained = [_norm_field(f) for f in spec.get("observation") or [] if isinstance(f, dict)]
+    robot = [_norm_field(dataclasses.asdict(f)) for f in cfg.observation]
+    if trained and len(trained) != len(robot):
+        raise UserError(f"{path}: trained on {len(trained)} observation fields, {where} lists {len(robot)}")
+    for i, (t, r) in enumerate(zip(trained, robot)):
+        for key in ("topic", "field", "type", "joints", "indices", "orientation"):
+            tv, rv = t[key], r[key]
+            if key == "type" and (not tv or not rv):
+                continue
+            if tv != rv:
+                name = f"observation field {i} ({r['topic']}:{r['field']})"
+                if key == "joints" and tv and rv:
+                    raise UserError(f"{path}: {name}: " + _joint_difference("joints", rv, tv) + f" ({where})")
+                raise UserError(f"{path}: {name}: {key} is {tv!r} in the checkpoint, {rv!r} in {where}")
+    action = spec.get("action") or {}
+    tj, rj = list(action.get("joints") or []), list(cfg.command.joints)
+    if tj and rj and tj != rj:
+        raise UserError(f"{path}: command " + _joint_difference("joints", rj, tj) + f" ({where}: command.joints)")
+    tm, rm = action.get("meaning") or "", cfg.command.meaning
+    if tm and rm and tm != rm:
+        raise UserError(f"{path}: actions are {tm} commands in the checkpoint, {where} says command.meaning "
+                        f"{rm!r}")
+    rate = spec.get("rate_hz")
+    if isinstance(rate, (int, float)) and rate > 0 and not settings.allow_rate_mismatch:
+        control = float(settings.control_rate_hz)
+        if abs(control / float(rate) - 1.0) > settings.rate_tolerance:
+            raise UserError(f"{path}: trained at {float(rate):g} Hz, control_rate_hz is {control:g} Hz (more than "
+                            f"rate_tolerance {settings.rate_tolerance:g} apart); run it at {float(rate):g} Hz or set "
+                            "allow_rate_mismatch:=true")
+    return None
+
+
+def measured_positions(cfg: Config) -> Optional[np.ndarray]:
+    """Indices into the observation vector of the measured positions of ``command.joints`` (from
+    JointState ``position`` fields), or None when the observation lacks one of them."""
+    from smiling_ros.io.fields import JOINT_STATE, declared_size, normalize_msgtype
+
+    where: dict[str, int] = {}
+    offset = 0
+    for f in cfg.observation:
+        n = declared_size(f)
+        if normalize_msgtype(f.type) == JOINT_STATE and f.field == "position" and f.joints and f.indices is None:
+            for k, joint in enumerate(f.joints):
+                where.setdefault(joint, offset + k)
+        if n is None:
+            break
+        offset += n
+    joints = cfg.command.joints
+    if not joints or any(j not in where for j in joints):
+        return None
+    return np.array([where[j] for j in joints], np.int64)
+
+
+def make_envelope(settings: Any, low: np.ndarray, high: np.ndarray) -> tuple[Any, Optional[np.ndarray]]:
+    """The safety envelope of the config's ``controller`` section, and the observation indices of
+    the measured positions it needs (position commands), refusing a config that cannot give them."""
+    from smiling_ros.control.envelope import SafetyEnvelope
+
+    cfg = settings.config
+    position = cfg.command.meaning == "position"
+    env = SafetyEnvelope(low, high, settings.period_ns, max_rate=settings.max_rate, ramp_in_s=settings.ramp_in_s,
+                         max_error=settings.max_position_error, position=position)
+    index = measured_positions(cfg) if position else None
+    if settings.max_position_error and not position:
+        raise UserError(f"{cfg.path}: controller.max_position_error applies to position commands "
+                        f"(command.meaning: position), not '{cfg.command.meaning or 'undeclared'}'")
+    if env.needs_measured and index is None:
+        raise UserError(f"{cfg.path}: position commands with a ramp, rate limit or max_position_error need "
+                        "command.joints and a sensor_msgs/msg/JointState 'position' observation field listing "
+                        "each of them")
+    return env, index
+
+
+def make_loop(settings: Any, policy: Any, chunked: bool = False) -> Any:
+    """The control loop for ``policy`` on the robot of ``settings`` (assembler, limits, envelope);
+    ``chunked``: the loop plans whole action chunks (see :class:`ControlLoop`)."""
+    from smiling_ros.control.loop import ControlLoop
+
+    spec = training_spec(policy) or {}
+    rates = {k: float(v) for k, v in (spec.get("topic_rates_hz") or {}).items() if isinstance(v, (int, float))}
+    s = settings
+    assembler = make_assembler(s.config.observation, int(policy.obs_dim), s.observation_max_abs, rates_hz=rates,
+                               period_s=s.period_ns / 1e9, stale_periods=s.watchdog_periods,
+                               clock_tolerance_s=s.clock_tolerance_s)
+    low, high = resolve_limits(s.config, policy, s.checkpoint)
+    envelope, index = make_envelope(s, low, high)
+    return ControlLoop(policy, assembler, low, high, s.period_ns, s.watchdog_periods, s.on_stale, s.stop_action,
+                       policy_path=s.checkpoint, chunked=chunked, envelope=envelope, measured_index=index)
 
 
 def load_controller_policy(path: str, settings: ControllerSettings, obs_dim: Optional[int]) -> Any:
     """Load a checkpoint for this robot, set its BRIDGER steps and run it once (warm-up).
 
-    Raises :class:`UserError` for an unreadable checkpoint or one for another robot.
+    Raises :class:`UserError` for an unreadable checkpoint or one for another robot (sizes, and
+    the training spec: :func:`check_spec`).
     """
     import torch
 
@@ -112,6 +255,7 @@ def load_controller_policy(path: str, settings: ControllerSettings, obs_dim: Opt
     act_dim = expected_act_dim(settings.config)
     policy = load_policy(path, device=settings.device, obs_dim=obs_dim, act_dim=act_dim)
     check_policy(policy, path, obs_dim, act_dim)
+    check_spec(policy, path, settings)
     if settings.steps is not None and hasattr(policy, "steps"):
         policy.steps = int(settings.steps)
     policy.reset()

@@ -6,27 +6,27 @@ watchdog and the statistics. The node only translates: every received message go
 :meth:`ControlLoop.on_message`, every timer tick to :meth:`ControlLoop.tick`, whose
 :class:`TickResult` says what (if anything) to publish.
 
-Safety rules, enforced here for every tick:
+Safety rules, enforced here at every tick (one fault policy):
 
-- No observation yet, or the newest one older than ``watchdog_periods`` control periods: the
-  watchdog is *stale*. ``on_stale='stop'`` publishes nothing (after one ``stop_action`` command,
-  see below); ``on_stale='hold'`` republishes the last command. Commands resume, and the policy
-  is reset, on the first tick with a fresh observation. Since no command is computed from an
-  observation older than ``watchdog_periods`` periods, the last command after a sensor stops
-  is published at most ``watchdog_periods`` periods after its last message.
-- An observation of the wrong size or with NaN/inf (or beyond ``observation_max_abs``), a policy
-  that raises or returns a non-finite action: no command for that tick, and a warning (the node
-  throttles it). Invalid input for ``watchdog_periods`` periods in a row stops like a stale
-  observation (the ``stop_action`` command once; never ``hold``). A message of the wrong size is
-  rejected on arrival, so it never refreshes the observation either.
-- Every published action is finite and inside ``[low, high]`` (clamped; checked again after
-  clamping).
-- E-stop engaged: nothing is published until it is released.
-- ``stop_action='zero'``: entering a stop (watchdog stop, e-stop, deactivate, shutdown) publishes
-  one all-zero command, then nothing. ros2_control's forward command controllers keep applying
-  the last command they received, so for velocity and effort interfaces (both shipped tasks)
-  one zero is what stops the robot. For position interfaces zero is a pose, not a stop: use
-  ``stop_action='none'`` there (the controller then holds its last position target).
+- The assembler names every observation field that may not be used now
+  (:meth:`VectorAssembler.faults`: no sample yet, stale against the field's maximum age, a
+  frozen stamp, a missing joint or unreadable message, an implausible header stamp, NaN/inf or
+  beyond ``observation_max_abs``). A policy that raises or returns a non-finite action, or an
+  action the envelope cannot make safe, is a fault too.
+- Any fault: no command is computed at that tick. Instead the fault action: ``zero`` sends one
+  all-zero command when the fault starts, then nothing (ros2_control's forward controllers keep
+  applying the last command they received, so for velocity and effort interfaces one zero is
+  what stops the robot); ``hold`` repeats the last command sent (never a new one); ``none``
+  sends nothing (position interfaces: the controller holds its last target). The fault episode
+  is logged once (the first field at fault by name, e.g. ``/joint_states:position[elbow]``,
+  with its stamp in ROS time) and counted by kind.
+- Commands resume at the first tick with no fault; the policy is reset and the envelope ramps
+  in again (:class:`smiling_ros.control.envelope.SafetyEnvelope`).
+- Every command passes the envelope: finite, inside ``[low, high]``, rate-limited, ramped in,
+  and for position commands near the measured position.
+- E-stop engaged: one zero command if ``stop_action`` is ``zero``, then nothing until released;
+  the release ramps in. Deactivate and shutdown send the same stop command.
+- A message of the wrong size is rejected on arrival; its field is at fault until a good one.
 
 Times are integers in nanoseconds of one monotonic clock (``time.monotonic_ns``, the clock
 ROS steady timers use).
@@ -41,9 +41,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from smiling_ros.control.settings import ON_STALE, STOP_ACTIONS, WATCHDOG_OK, WATCHDOG_STALE, WATCHDOG_WAITING  # noqa
+from smiling_ros.control.envelope import SafetyEnvelope
+from smiling_ros.control.settings import WATCHDOG_OK, WATCHDOG_WAITING
 from smiling_ros.control.stats import DeadlineTracker, LatencyStats  # noqa
-from smiling_ros.control.watchdog import Watchdog  # noqa
+from smiling_ros.control.watchdog import Watchdog
 from smiling_ros.errors import UserError
 
 
@@ -52,9 +53,11 @@ from smiling_ros.errors import UserError
 class TickResult:
     """What one tick decided. ``action`` (float64, (act_dim,)) is to be published when not None.
 
-    reason: ``command``, ``hold``, ``stop`` (the one stop_action command), ``estop``, ``waiting``,
-    ``stale``, ``bad_observation``, ``bad_action``, ``policy_error``.
-    warning: a line to log (throttled by the caller); event: a state change to log (unthrottled).
+    reason: ``command`` (a policy command), ``hold`` (the last command again, on a fault),
+    ``stop`` (the one zero command), ``fault`` (a fault, nothing sent), ``estop``, ``waiting``
+    (not every input seen yet).
+    warning: a line to log (throttled by the caller); event: a state change to log once (a fault
+    episode's start, naming the field, or its end).
     """
 
     action: Optional[np.ndarray]
@@ -65,7 +68,7 @@ class TickResult:
 
 
 class ControlLoop:
-    """Observation -> policy -> clamp, with the watchdog, e-stop and the statistics.
+    """Observation -> policy -> safety envelope, with the fault policy, e-stop and the statistics.
 
     Thread-safety: ``tick``, ``on_message``, ``set_estop`` and ``stop_command`` may be called from
     different threads (one lock, held briefly; the policy runs under it, so a swap offered with
@@ -74,7 +77,8 @@ class ControlLoop:
 
     def __init__(self, policy: Any, assembler: Any, low: np.ndarray, high: np.ndarray, period_ns: int,
                  watchdog_periods: int = 2, on_stale: str = "stop", stop_action: str = "zero",
-                 policy_path: str = "", chunked: bool = False):
+                 policy_path: str = "", chunked: bool = False, envelope: Optional[SafetyEnvelope] = None,
+                 measured_index: Optional[np.ndarray] = None):
         self.low = np.asarray(low, np.float64).copy()
         self.high = np.asarray(high, np.float64).copy()
         self.act_dim = int(self.low.shape[0])
@@ -89,9 +93,18 @@ class ControlLoop:
         self.chunked = bool(chunked)  # plan whole chunks (TickResult.chunk) instead of one action per tick
         self.assembler = assembler
         self.period_ns = int(period_ns)
-        self.watchdog = Watchdog(self.period_ns, watchdog_periods)
+        self.watchdog = Watchdog(self.period_ns)
+        self.watchdog_periods = int(watchdog_periods)
         self.on_stale = on_stale
         self.stop_action = stop_action
+        self.fault_action = "hold" if on_stale == "hold" else stop_action
+        self.envelope = envelope if envelope is not None else SafetyEnvelope(self.low, self.high, self.period_ns)
+        if not (np.array_equal(self.envelope.low, self.low) and np.array_equal(self.envelope.high, self.high)):
+            raise UserError("the safety envelope's limits differ from the loop's action limits")
+        self.measured_index = None if measured_index is None else np.asarray(measured_index, np.int64)
+        if self.envelope.needs_measured and self.measured_index is None:
+            raise UserError("position commands with a ramp, rate limit or controller.max_position_error need the "
+                            "measured positions of the command joints in the observation (JointState position)")
         self.estop = False
         self.latency = LatencyStats()  # policy + clamp time per command [ns]
         self.deadlines = DeadlineTracker(self.period_ns)
@@ -101,8 +114,8 @@ class ControlLoop:
         self.last_action: Optional[np.ndarray] = None
         self.last_reason = "waiting"
         self._stopped = True  # True once the stop command went out (or nothing was commanded yet)
+        self._commanding = False  # the previous tick sent a policy command (else the next one ramps in)
         self._pending: Optional[tuple[Any, str]] = None
-        self._invalid_since: Optional[int] = None  # first tick of the current run of invalid input
         self._reset_pending = False
         self._lock = threading.Lock()
         self._torch = _torch_inference_mode()
@@ -142,6 +155,7 @@ class ControlLoop:
                 return self._stop_locked()
             if was and not engaged:
                 self.policy.reset()
+                self._commanding = False  # the next command ramps in
             return None
 
     def stop_command(self) -> Optional[np.ndarray]:
@@ -160,7 +174,7 @@ class ControlLoop:
             self.clamped = 0
             self.last_action = None
             self._stopped = True
-            self._invalid_since = None
+            self._commanding = False
 
     def reset_stats(self) -> None:
         """Clear the statistics (latency, deadlines, counts) without touching the control state."""
@@ -170,12 +184,14 @@ class ControlLoop:
             self.counts.clear()
             self.clamped = 0
             self.swaps = 0
-            self.watchdog.stale_events = 0
+            self.watchdog.reset_stats()
+            self.envelope.limited = 0
 
     def _stop_locked(self) -> Optional[np.ndarray]:
         if self._stopped:
             return None
         self._stopped = True
+        self._commanding = False
         self.last_action = None
         if self.stop_action == "zero":
             return np.zeros(self.act_dim, np.float64)
@@ -200,31 +216,26 @@ class ControlLoop:
         if self._reset_pending:
             self._reset_pending = False
             self.policy.reset()
-        stamp = self.assembler.oldest_stamp_ns() if self.assembler.ready() else None
-        state, wd_event = self.watchdog.check(now_ns, stamp)
+        faults = self.assembler.faults(now_ns)
+        state, wd_event = self.watchdog.check(now_ns, faults)
         event = wd_event or event
         if self.estop:
+            self._commanding = False
             return TickResult(None, "estop", event=event)
+        if state == WATCHDOG_WAITING:
+            return TickResult(None, "waiting", event=event)
         if state != WATCHDOG_OK:
-            self._invalid_since = None
-            reason = "waiting" if state == WATCHDOG_WAITING else "stale"
-            if self.on_stale == "hold" and self.last_action is not None:
-                return TickResult(self.last_action.copy(), "hold", event=event)
-            stop = self._stop_locked()
-            return TickResult(stop, "stop" if stop is not None else reason, event=event)
-        if wd_event is not None:
-            self.policy.reset()  # fresh again after a gap: forget observation windows / chunks
+            return self._fault(event)
         try:
             obs = np.asarray(self.assembler.vector(), np.float64)
-        except UserError as exc:  # NaN/inf/out-of-range values (the assembler names topic and field)
-            return self._invalid(now_ns, "bad_observation", f"{exc}; not commanding", event)
+        except UserError as exc:  # not reachable when faults() is empty; checked anyway
+            return self._extra(now_ns, "observation", str(exc), event)
         if obs.shape != (int(self.policy.obs_dim),):
-            return self._invalid(now_ns, "bad_observation", f"observation has {obs.size} elements, the policy "
-                                 f"takes {self.policy.obs_dim}; not commanding", event)
-        if not math.isfinite(float(obs.sum())):  # NaN/inf anywhere makes the sum non-finite
-            bad = np.flatnonzero(~np.isfinite(obs))
-            return self._invalid(now_ns, "bad_observation",
-                                 f"observation has non-finite values at {bad[:8].tolist()}; not commanding", event)
+            return self._extra(now_ns, "observation", f"observation has {obs.size} elements, the policy takes "
+                               f"{self.policy.obs_dim}", event)
+        if not self._commanding:  # first command after activate, a fault or an e-stop release
+            self.policy.reset()
+            self.envelope.restart(now_ns)
         chunk = None
         try:
             with self._torch():
@@ -236,50 +247,42 @@ class ControlLoop:
                 else:
                     raw = self.policy.act(obs.astype(np.float32))
             a = np.asarray(raw, np.float64).reshape(-1)
-        except Exception as exc:  # noqa: BLE001 - any policy failure must cost one tick, not the loop
-            return self._invalid(now_ns, "policy_error", f"policy failed: {type(exc).__name__}: {exc}; "
-                                 "not commanding", event)
+        except Exception as exc:  # noqa: BLE001 - any policy failure is a fault, not the end of the loop
+            return self._extra(now_ns, "policy_error", f"policy failed: {type(exc).__name__}: {exc}", event)
         if a.shape[0] != self.act_dim:
-            return self._invalid(now_ns, "bad_action", f"policy returned {a.shape[0]} action elements, the "
-                                 f"limits have {self.act_dim}; not commanding", event)
-        # Clamp element by element in Python (a handful of floats: faster than numpy calls), checking
-        # finiteness on the way; the limits are finite, so every element sent lies in [low, high].
-        out = []
-        clamped = False
-        for v, lo, hi in zip(a.tolist(), self._low_list, self._high_list):
-            if not math.isfinite(v):
-                return self._invalid(now_ns, "bad_action", f"policy returned a non-finite action "
-                                     f"{a[:8].tolist()}; not commanding", event)
-            c = lo if v < lo else (hi if v > hi else v)
-            if c != v:
-                clamped = True
-            if not lo <= c <= hi:  # unreachable with finite limits; the invariant is checked anyway
-                return self._invalid(now_ns, "bad_action", "action outside limits after clamping", event)
-            out.append(c)
-        if clamped:
+            return self._extra(now_ns, "bad_action", f"policy returned {a.shape[0]} action elements, the limits "
+                               f"have {self.act_dim}", event)
+        if not math.isfinite(float(a.sum())):
+            return self._extra(now_ns, "bad_action", f"policy returned a non-finite action {a[:8].tolist()}", event)
+        measured = obs[self.measured_index] if self.measured_index is not None else None
+        cmd = self.envelope.apply(a, now_ns, measured)
+        if cmd is None:
+            return self._extra(now_ns, "bad_action", "the envelope refused the action (non-finite measured "
+                               "position?)", event)
+        if np.any((a < self.low) | (a > self.high)):
             self.clamped += 1
-        clipped = np.array(out, np.float64)
         if chunk is not None:
             if chunk.shape[1] != self.act_dim or not np.all(np.isfinite(chunk)):
-                return self._invalid(now_ns, "bad_action", "policy planned a non-finite or wrong-size chunk; "
-                                     "not commanding", event)
+                return self._extra(now_ns, "bad_action", "policy planned a non-finite or wrong-size chunk", event)
             chunk = np.clip(chunk, self.low, self.high)
-            chunk[0] = clipped
-        self.last_action = clipped
+            chunk[0] = cmd
+        self.last_action = cmd
         self._stopped = False
-        self._invalid_since = None
-        return TickResult(clipped.copy(), "command", event=event, chunk=chunk)
+        self._commanding = True
+        return TickResult(cmd.copy(), "command", event=event, chunk=chunk)
 
-    def _invalid(self, now_ns: int, reason: str, warning: str, event: Optional[str]) -> TickResult:
-        """No command this tick; after ``watchdog_periods`` periods of invalid input, the stop command."""
-        if self._invalid_since is None:
-            self._invalid_since = now_ns
-        if now_ns - self._invalid_since >= self.watchdog.limit_ns:
-            stop = self._stop_locked()
-            if stop is not None:
-                return TickResult(stop, "stop", warning=warning, event=event or (
-                    f"{reason.replace('_', ' ')} for {self.watchdog.periods} periods; stopped commanding"))
-        return TickResult(None, reason, warning=warning, event=event)
+    def _extra(self, now_ns: int, kind: str, line: str, event: Optional[str]) -> TickResult:
+        """A fault found after the inputs passed (policy, action): the fault action at this tick."""
+        extra = self.watchdog.extra(now_ns, kind, line)
+        return self._fault(extra or event)
+
+    def _fault(self, event: Optional[str]) -> TickResult:
+        """No command from the policy at this tick: the fault action (see the module doc)."""
+        self._commanding = False
+        if self.fault_action == "hold" and self.last_action is not None:
+            return TickResult(self.last_action.copy(), "hold", event=event)
+        stop = self._stop_locked()
+        return TickResult(stop, "stop" if stop is not None else "fault", event=event)
 
     def record(self, expected_ns: int, start_ns: int, end_ns: int, result: TickResult) -> bool:
         """Account one tick's timing (``expected_ns``: the timer's scheduled time; start/end of the
@@ -293,8 +296,14 @@ class ControlLoop:
     def diagnostics(self) -> dict[str, Any]:
         """Key figures for /diagnostics and tests (latency in ms, counts since activation)."""
         d = self.deadlines
+        wd = self.watchdog
         return {
-            "watchdog": self.watchdog.state,
+            "watchdog": wd.state,
+            "fault": wd.current[0] if wd.current else "",
+            "fault_episodes": wd.episodes,
+            **{f"faults_{k}": wd.kinds[k] for k in sorted(wd.kinds)},
+            "fault_ticks": self.counts["fault"] + self.counts["stop"] + self.counts["hold"],
+            "rate_limited": self.envelope.limited,
             "estop": self.estop,
             "policy": self.policy_path,
             "ticks": d.ticks,
@@ -309,11 +318,8 @@ class ControlLoop:
             "latency_max_ms": self.latency.max_ns / 1e6,
             "lateness_p99_ms": d.lateness.percentile_ms(99),
             "last_reason": self.last_reason,
-            "bad_observations": self.counts["bad_observation"],
             "rejected_messages": self.counts["rejected_message"],
-            "bad_actions": self.counts["bad_action"] + self.counts["policy_error"],
             "clamped": self.clamped,
-            "stale_events": self.watchdog.stale_events,
             "swaps": self.swaps,
         }
 

@@ -127,16 +127,73 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+SPEC_FIELD_KEYS = ("topic", "type", "field", "joints", "indices", "size", "orientation")
+
+
+def robot_spec(config: dict[str, Any], dataset_meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What a policy was trained on, for the controller to compare with the robot it runs on.
+
+    From the training config (a :meth:`Config.to_dict`) and, where known, the dataset's meta:
+    ``observation`` (the fields: topic, type, field, joint names in order, ...), ``action``
+    (``joints``: the command joints in order, ``meaning``, ``interface``), ``rate_hz`` (the
+    training rate: the dataset's, else the config's) and ``topic_rates_hz`` (each observation
+    topic's message rate in the recording: the dataset's ``topic_rates_hz``, else messages over
+    the recording's span).
+    """
+    obs = [{k: f.get(k) for k in SPEC_FIELD_KEYS if f.get(k) not in (None, "")}
+           for f in config.get("observation") or [] if isinstance(f, dict)]
+    command = config.get("command") or {}
+    spec: dict[str, Any] = {
+        "observation": obs,
+        "action": {"joints": list(command.get("joints") or []), "meaning": command.get("meaning") or "",
+                   "interface": command.get("interface") or ""},
+        "rate_hz": config.get("rate_hz"),
+        "topic_rates_hz": {},
+    }
+    dm = dataset_meta or {}
+    if isinstance(dm.get("rate_hz"), (int, float)):
+        spec["rate_hz"] = float(dm["rate_hz"])
+    source = dm.get("source") if isinstance(dm.get("source"), dict) else {}
+    topics, t0, t1 = source.get("topics") or {}, source.get("start_ns"), source.get("end_ns")
+    measured = dm.get("topic_rates_hz") if isinstance(dm.get("topic_rates_hz"), dict) else {}
+    if measured:  # import-bag's rates
+        spec["topic_rates_hz"] = {f["topic"]: float(measured[f["topic"]]) for f in obs
+                                  if isinstance(measured.get(f["topic"]), (int, float)) and measured[f["topic"]] > 0}
+    elif isinstance(t0, int) and isinstance(t1, int) and t1 > t0 and isinstance(topics, dict):
+        for f in obs:
+            info = topics.get(f["topic"])
+            if isinstance(info, dict) and isinstance(info.get("count"), int) and info["count"] > 1:
+                spec["topic_rates_hz"][f["topic"]] = (info["count"] - 1) * 1e9 / (t1 - t0)
+    return spec
+
+
+def _dataset_meta(dataset: Any) -> Optional[dict[str, Any]]:
+    """The meta.json of the dataset a checkpoint names (``{"path": ...}`` or a path), if readable."""
+    path = dataset.get("path") if isinstance(dataset, dict) else dataset
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        data = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write the checkpoint :func:`checkpoint_path` (``path``) and its JSON sidecar
     (``sibling(path, ".json")``: ``a.safetensors`` -> ``a.json``, ``a.v2`` -> ``a.v2.json``), each
-    atomically with normal file permissions. OS errors are one-line :class:`UserError` s naming the file."""
+    atomically with normal file permissions. OS errors are one-line :class:`UserError` s naming the file.
+
+    A checkpoint whose meta holds the training ``config`` also gets ``spec``
+    (:func:`robot_spec`), with the topic rates of the dataset it names."""
     from safetensors.torch import save_file
 
     path = checkpoint_path(path)
     with os_errors("create directory", path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "versions": versions(), **meta}
+    if "spec" not in meta and isinstance(meta.get("config"), dict):
+        meta["spec"] = robot_spec(meta["config"], _dataset_meta(meta.get("dataset")))
     doc = json.dumps(meta, default=_json_default)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     integrity = json.dumps(_integrity(flat))

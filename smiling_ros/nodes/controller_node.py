@@ -6,23 +6,25 @@ Lifecycle (``rclpy.lifecycle``; ``autostart:=true``, the default, configures and
 start, so no ``ros2 lifecycle`` CLI is needed; a launch file sets ``autostart:=false`` and drives
 the transitions itself):
 
-- configure: check parameters, load the checkpoint (refusing one for another robot), build the
-  observation from the config's ``observation`` fields with the field mapping import-bag uses,
-  subscribe to their topics (sensor-data QoS, which matches best-effort and reliable publishers)
-  and create the command publisher (RELIABLE, depth 1).
+- configure: check parameters, load the checkpoint (refusing one for another robot: sizes, the
+  observation fields and joint order, the command joints and meaning, the training rate), build
+  the observation from the config's ``observation`` fields with the field mapping import-bag
+  uses, subscribe to their topics (sensor-data QoS, which matches best-effort and reliable
+  publishers) and create the command publisher (RELIABLE, depth 1).
 - activate: a timer at ``control_rate_hz`` on the steady clock. Each tick: latest observation ->
-  policy (source sample + BRIDGER steps inside ``act``) -> clamp to the limits -> publish the
-  command of the config's ``command.interface`` (smiling_ros.io.commands): Float64MultiArray for
-  a forward controller, a JointTrajectory of the planned chunk (first point one policy step ahead)
-  for a joint_trajectory_controller, a TwistStamped for MoveIt Servo. The action's meaning (the
-  checkpoint's, else ``command.meaning``) must suit the interface, or configure fails.
+  policy (source sample + BRIDGER steps inside ``act``) -> safety envelope (limits, rate limits,
+  ramp-in) -> publish the command of the config's ``command.interface`` (smiling_ros.io.commands):
+  Float64MultiArray for a forward controller, a JointTrajectory of the planned chunk (first point
+  one policy step ahead) for a joint_trajectory_controller, a TwistStamped for MoveIt Servo. The
+  action's meaning (the checkpoint's, else ``command.meaning``) must suit the interface, or
+  configure fails.
 - deactivate / shutdown / SIGINT / SIGTERM: stop the timer, publish the stop command
   (``stop_action``), then nothing.
 
-Safety (smiling_ros.control has the rules): a watchdog stops commanding (or holds, by
-``on_stale``) when the observation is older than ``watchdog_periods`` periods; NaN/inf or
-wrong-size observations and non-finite policy outputs cost that tick's command (throttled
-warning); every published action is finite and within limits.
+Safety (smiling_ros.control has the rules): any observation field stale, frozen, missing a
+joint, NaN/inf or out of range, or a policy failure, gives the configured stop behaviour at that
+tick, logged once per fault episode with the field's name; commands resume with a ramp-in when
+all inputs are fresh and valid. Safety settings are read from the robot config only.
 
 Interfaces (names relative to the node, ``~``):
     ~/estop                   std_srvs/SetBool: true engages (one zero command if stop_action is
@@ -34,7 +36,8 @@ Interfaces (names relative to the node, ``~``):
                               and swapped in between two ticks; a checkpoint for another robot is
                               refused and the old policy kept.
     /diagnostics              diagnostic_msgs/DiagnosticArray every diagnostics_period_s: latency
-                              p50/p99, ticks, missed deadlines, watchdog, e-stop, policy path.
+                              p50/p99, ticks, missed deadlines, fault state and the field at
+                              fault, fault episodes by kind, e-stop, policy path.
 
 Parameters left unset take the config's ``controller`` section (smiling_ros.control
 .ControllerSection) and its ``topics``. Observation topics follow ROS remapping
@@ -69,11 +72,13 @@ from smiling_ros.control import (
     Transferred,
     checkpoint_for_swap,
     load_controller_policy,
-    make_assembler,
+    make_loop,
     resolve_command,
     resolve_limits,
     resolve_settings,
+    safety_keys,
     set_sched_priority,
+    training_spec,
 )
 from smiling_ros.data.episodes import parse_marker_text
 from smiling_ros.errors import UserError
@@ -85,33 +90,36 @@ from smiling_ros.ros.transfer import blob_topic, subscribe_transfers
 
 NODE_NAME = "controller_node"
 
-# name -> (python type, description). All are declared unset (None) with dynamic typing and
-# checked at configure time, so a wrong type fails configure with one line.
-PARAMETERS: ParamSpec = {
-    "config": (str, "task config: a YAML path or a shipped name (arm_reach, hopper). Required."),
-    "checkpoint": (str, "policy checkpoint (.safetensors) to run. Required."),
-    "control_rate_hz": (float, "control rate [Hz], > 0; unset: config controller.control_rate_hz or rate_hz"),
-    "steps": (int, "BRIDGER sampling steps per action, >= 1; unset: config / the checkpoint's default"),
-    "watchdog_periods": (int, "observation older than this many control periods is stale (>= 1)"),
-    "on_stale": (str, "on a stale observation: 'stop' (publish nothing) or 'hold' (repeat the last command)"),
-    "stop_action": (str, "'zero': one zero command when stopping (velocity/effort interfaces); 'none'"),
-    "device": (str, "torch device: 'auto' (CUDA where present), 'cpu', 'cuda', 'cuda:N'"),
-    "executor": (str, "'auto' (events where available), 'events' (rclpy EventsExecutor), 'single' or 'multi'"),
-    "command_topic": (str, "command topic; unset: config topics.command"),
-    "policy_topic": (str, "checkpoint announcements (std_msgs/String); unset: config topics.policy"),
-    "episode_topic": (str, "episode markers (std_msgs/String JSON); unset: config topics.episode"),
-    "follow_announcements": (bool, "hot-swap to checkpoints announced on policy_topic"),
-    "diagnostics_period_s": (float, "period of /diagnostics status [s]"),
-    "observation_max_abs": (float, "observation elements beyond this magnitude count as invalid"),
-    "sched_priority": (int, "0: normal scheduling; 1..99: SCHED_FIFO priority of the control loop (Linux)"),
-    "command_rate_hz": (float, "robot command rate [Hz]; set: the policy plans chunks at control_rate_hz on its own "
-                        "thread and commands are streamed at this rate; unset: one command per policy step"),
-    "chunk_blend": (str, "overlapping chunks: 'replace' (receding horizon) or 'ensemble' (temporal ensembling)"),
-    "ensemble_decay": (float, "temporal ensembling weight exp(-decay * i), i = 0 for the oldest prediction"),
-    "max_checkpoint_mb": (float, "checkpoints transferred over ROS larger than this are refused"),
-    "checkpoint_cache": (str, "directory for transferred checkpoints; unset: ~/.cache/smiling_ros/checkpoints"),
-    "autostart": (bool, "configure and activate at start (set false when a launch file drives the lifecycle)"),
-}
+
+def _parameter_table() -> ParamSpec:
+    """name -> (python type, description), generated from ControllerSection: its non-safety keys
+    (safety settings live in the robot config only), plus the files, topics and autostart. All
+    are declared unset (None) with dynamic typing and checked at configure time, so a wrong type
+    fails configure with one line, and only parameters the user set override the config."""
+    import dataclasses
+    import typing
+
+    from smiling_ros.control import ControllerSection, parameter_keys
+    from smiling_ros.control.settings import TOPIC_PARAMETERS
+
+    hints = typing.get_type_hints(ControllerSection)
+    fields = {f.name: f for f in dataclasses.fields(ControllerSection)}
+    table: ParamSpec = {
+        "config": (str, "robot/task config: a YAML path or a shipped name (arm_reach, hopper). Required."),
+        "checkpoint": (str, "policy checkpoint (.safetensors) to run. Required."),
+    }
+    for name in parameter_keys():
+        tp = hints[name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        table[name] = (args[0] if args else tp, fields[name].metadata["help"] + "; unset: the config's controller."
+                       + name)
+    for name, text in TOPIC_PARAMETERS.items():
+        table[name] = (str, text)
+    table["autostart"] = (bool, "configure and activate at start (set false when a launch file drives the lifecycle)")
+    return table
+
+
+PARAMETERS: ParamSpec = _parameter_table()
 
 
 class ControllerNode(LifecycleNode):
@@ -148,7 +156,11 @@ class ControllerNode(LifecycleNode):
     def _user_params(self) -> dict[str, Any]:
         """Parameters the user set, type-checked; unknown overrides are an error (typos)."""
         overrides = getattr(self, "_parameter_overrides", {}) or {}
+        safety = set(safety_keys())
         for name in overrides:
+            if name in safety:
+                raise UserError(f"parameter '{name}': a safety setting, read from the robot config only; set "
+                                f"controller.{name} there")
             if not self.has_parameter(name) and not name.startswith("qos_overrides."):
                 raise UserError(f"parameter '{name}': unknown (known: {', '.join(sorted(PARAMETERS))})")
         out = {}
@@ -156,7 +168,7 @@ class ControllerNode(LifecycleNode):
             if name in ("config", "checkpoint", "autostart"):
                 continue
             value = param(self, PARAMETERS, name)
-            if value is not None:
+            if value is not None:  # unset (None or '') means "from the robot config"
                 out[name] = value
         return out
 
@@ -191,16 +203,18 @@ class ControllerNode(LifecycleNode):
         sizes = [declared_size(f) for f in cfg.observation]
         obs_dim = None if any(v is None for v in sizes) else int(sum(sizes))  # type: ignore[arg-type]
         policy = load_controller_policy(s.checkpoint, s, obs_dim)
-        assembler = make_assembler(cfg.observation, int(policy.obs_dim), s.observation_max_abs)
+        if training_spec(policy) is None:
+            self.get_logger().warning(f"{s.checkpoint}: carries no training spec (observation fields, command "
+                                      "joints, rate); only sizes were checked")
         low, high = resolve_limits(cfg, policy, s.checkpoint)
         spec = resolve_command(cfg, policy, s.checkpoint, low, high, s.period_ns / 1e9, s.command_topic)
-        self.loop = ControlLoop(policy, assembler, low, high, s.period_ns, s.watchdog_periods, s.on_stale,
-                                s.stop_action, policy_path=s.checkpoint,
-                                chunked=spec.interface == "joint_trajectory" or s.command_rate_hz is not None)
+        self.loop = make_loop(s, policy,
+                              chunked=spec.interface == "joint_trajectory" or s.command_rate_hz is not None)
         if s.command_rate_hz is not None:
             self._stream = CommandStream(self.loop, s.chunk_blend, s.ensemble_decay, on_result=self._log_result,
                                          command_period_ns=int(round(1e9 / s.command_rate_hz)))
         self.loop.set_estop(self._estop)
+        assembler, low, high = self.loop.assembler, self.loop.low, self.loop.high
         self.settings = s
         self._obs_dim = int(policy.obs_dim)
         for topic, type_name in assembler.topics().items():
@@ -219,8 +233,10 @@ class ControllerNode(LifecycleNode):
         self.get_logger().info(
             f"configured: {s.checkpoint} ({type(policy).__name__}, obs {policy.obs_dim}, act {policy.act_dim}"
             f"{', steps ' + str(policy.steps) if hasattr(policy, 'steps') else ''}) on {s.device}; "
-            f"{s.control_rate_hz:g} Hz -> {s.command_topic} ({spec.interface}, {spec.meaning or 'meaning not declared'}); limits {low.tolist()}..{high.tolist()}; "
-            f"watchdog {s.watchdog_periods} periods, on_stale {s.on_stale}, stop_action {s.stop_action}"
+            f"{s.control_rate_hz:g} Hz -> {s.command_topic} ({spec.interface}, "
+            f"{spec.meaning or 'meaning not declared'}); limits {low.tolist()}..{high.tolist()}; "
+            f"on a fault: {s.fault_action}; max ages "
+            + ", ".join(f"{assembler.field_name(i)} {_ms(assembler.max_age_ns(i))}" for i in range(len(assembler.specs)))
             + (f"; commands streamed at {s.command_rate_hz:g} Hz ({s.chunk_blend})" if self._stream else ""))
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -326,8 +342,8 @@ class ControllerNode(LifecycleNode):
         if r.event:
             # State changes are logged, at most one per second per kind when a marginal sensor makes
             # the watchdog flap; /diagnostics carries the current state and the count.
-            if "stale" in r.event:
-                self.get_logger().warning(f"{r.event} (stale events: {loop.watchdog.stale_events})",
+            if r.event.startswith("fault"):
+                self.get_logger().warning(f"{r.event} (fault episodes: {loop.watchdog.episodes})",
                                           throttle_duration_sec=1.0)
             elif "resumed" in r.event:
                 self.get_logger().info(r.event, throttle_duration_sec=1.0)
@@ -467,8 +483,8 @@ class ControllerNode(LifecycleNode):
                 status.level, status.message = DiagnosticStatus.WARN, "inactive"
             elif d["watchdog"] != "ok":
                 status.level = DiagnosticStatus.WARN
-                status.message = f"watchdog {d['watchdog']}: not commanding" if self.settings.on_stale == "stop" \
-                    else f"watchdog {d['watchdog']}: holding the last command"
+                what = "holding the last command" if self.settings.fault_action == "hold" else "not commanding"
+                status.message = f"{d['watchdog']}: {what}" + (f" ({d['fault']})" if d["fault"] else "")
             else:
                 status.level = DiagnosticStatus.OK
                 status.message = f"commanding at {d['achieved_rate_hz']:.1f} Hz"
@@ -482,6 +498,10 @@ class ControllerNode(LifecycleNode):
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(msg)
+
+
+def _ms(ns: Optional[int]) -> str:
+    return "no limit" if ns is None else f"{ns / 1e6:.0f} ms"
 
 
 def _fmt(v: Any) -> str:

@@ -30,7 +30,7 @@ def declare_params(node, spec: ParamSpec) -> None:
 def param(node, spec: ParamSpec, name: str, default: Any = None) -> Any:
     """The value of parameter ``name`` checked against its declared type, or ``default`` if unset."""
     value = node.get_parameter(name).value
-    if value is None or (value == "" and spec[name][0] is not str):
+    if value is None or value == "":
         return default  # unset; an empty string (e.g. a launch argument left empty) counts as unset
     tp = spec[name][0]
     if tp in (int, float) and isinstance(value, str):  # e.g. a launch argument passed as a string
