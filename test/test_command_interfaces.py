@@ -184,8 +184,8 @@ def run_arm(tmp_path, ros_env, controller_params, episodes=2):
 def test_independent_jtc_drives_the_arm_to_its_target(tmp_path, ros_env):
     ckpt = tmp_path / "bc.safetensors"
     clone_expert(ckpt)
-    cfg = trajectory_config(tmp_path)
-    jtc, done, ctl_rc = run_arm(tmp_path, ros_env, [f"config:={cfg}", f"checkpoint:={ckpt}", "watchdog_periods:=3"])
+    cfg = trajectory_config(tmp_path, watchdog_periods=3)
+    jtc, done, ctl_rc = run_arm(tmp_path, ros_env, [f"config:={cfg}", f"checkpoint:={ckpt}"])
     log = (tmp_path / "ctl.log").read_text()
     assert jtc.violations == [], jtc.violations[:5]
     assert jtc.messages > 100, (jtc.messages, log)

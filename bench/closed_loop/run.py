@@ -162,9 +162,18 @@ def run_rate(rate: float, args, ckpt: Path, env: dict, logdir: Path) -> dict:
         rt + ros + ["smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach", "-p", "mode:=realtime",
                "-p", f"rate_hz:={rate}", "-p", "seed:=0"],
         env=env, stdout=open(logdir / f"sim_{rate:g}.log", "w"), stderr=subprocess.STDOUT)
-    ctl_params = ["config:=arm_reach", f"checkpoint:={ckpt}", f"control_rate_hz:={rate}",
-                  "diagnostics_period_s:=0.5", f"executor:={args.executor}",
-                  f"watchdog_periods:={args.watchdog_periods}", f"sched_priority:={args.sched_priority}"]
+    # watchdog_periods is a safety setting: it goes into a copy of the robot config, not a parameter.
+    # The sim steps at the control rate, so a policy trained at 20 Hz runs at `rate` on purpose.
+    import yaml
+
+    from smiling_ros.config import resolve_config_path
+
+    robot = yaml.safe_load(resolve_config_path("arm_reach").read_text())
+    robot["controller"]["watchdog_periods"] = args.watchdog_periods
+    (logdir / "robot.yaml").write_text(yaml.safe_dump(robot))
+    ctl_params = [f"config:={logdir / 'robot.yaml'}", f"checkpoint:={ckpt}", f"control_rate_hz:={rate}",
+                  "allow_rate_mismatch:=true", "diagnostics_period_s:=0.5", f"executor:={args.executor}",
+                  f"sched_priority:={args.sched_priority}"]
     if args.steps:
         ctl_params.append(f"steps:={args.steps}")
     ctl = subprocess.Popen(ros + ["smiling_ros.nodes.controller_node", "--ros-args"]
@@ -219,7 +228,7 @@ def run_rate(rate: float, args, ckpt: Path, env: dict, logdir: Path) -> dict:
             "skipped_ticks": int(diag["skipped_ticks"]),
             "commands": int(diag["commands"]),
             "ticks_without_command": ticks - int(diag["commands"]) - int(diag.get("held", 0)),
-            "stale_events": int(diag["stale_events"]),
+            "stale_events": int(diag["fault_episodes"]),
             "hot_swaps": int(diag["swaps"]),
             "latency_p50_ms": f("latency_p50_ms"),
             "latency_p99_ms": f("latency_p99_ms"),
