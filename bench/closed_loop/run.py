@@ -52,10 +52,10 @@ def train_policy(path: Path, train_steps: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from smiling_ros.methods.bridger.train import load_section, make_source, train_bridger
     from smiling_ros.config import load_config
     from smiling_ros.envs import make_env_from_config, scripted_expert
     from smiling_ros.learn.common import collect_dataset
+    from smiling_ros.methods.bridger.train import load_section, make_source, train_bridger
 
     cfg = load_config("arm_reach")
     env = make_env_from_config(cfg)
