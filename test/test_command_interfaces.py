@@ -30,6 +30,17 @@ JOINT_RANGE = np.array([[-2.8, 2.8], [-2.95, 2.95]])  # sim/arm_reach.xml
 MAX_VEL = 1.5  # rad/s for a forward command of 1.0 (the task's velocity servos)
 
 
+def arm_config(tmp_path, **controller) -> str:
+    """arm_reach with these controller settings (safety settings are read from the config only)."""
+    from smiling_ros.config import resolve_config_path
+
+    data = yaml.safe_load(resolve_config_path("arm_reach").read_text())
+    data["controller"].update(controller)
+    p = tmp_path / "arm.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
 def trajectory_config(tmp_path, **controller) -> str:
     from smiling_ros.config import resolve_config_path
 
@@ -285,7 +296,9 @@ def test_chunked_stream_succeeds_like_single_actions_with_smaller_command_steps(
     clone_expert(bc)
     train_chunked_bridger(chunked, bc)
     rate = 20.0 * TIME_SCALE
-    common = ["config:=arm_reach", f"control_rate_hz:={rate}", "watchdog_periods:=3"]
+    # the sim runs TIME_SCALE times faster: one policy step is still one training step
+    common = [f"config:={arm_config(tmp_path, watchdog_periods=3)}", f"control_rate_hz:={rate}",
+              "allow_rate_mismatch:=true"]
     single_ends, single_cmds, _ = run_forward(tmp_path, ros_env, "single", [f"checkpoint:={bc}", *common])
     chunk_ends, chunk_cmds, log = run_forward(
         tmp_path, ros_env, "chunked",

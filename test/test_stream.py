@@ -79,7 +79,8 @@ class Clock:
 
 
 def make_loop(policy, clock, watchdog_periods=2):
-    asm = VectorAssembler([FieldSpec(topic="/obs", type="std_msgs/msg/Float64MultiArray", size=3)])
+    asm = VectorAssembler([FieldSpec(topic="/obs", type="std_msgs/msg/Float64MultiArray", size=3)],
+                          period_s=STEP / 1e9, stale_periods=watchdog_periods)
     return ControlLoop(policy, asm, -np.ones(2), np.ones(2), STEP, watchdog_periods, "stop", "zero",
                        chunked=True), asm
 
