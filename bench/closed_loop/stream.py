@@ -71,6 +71,7 @@ def config_for(interface: str, work: Path) -> str:
     data = yaml.safe_load(resolve_config_path("arm_reach").read_text())
     if interface == "joint_trajectory":
         data["command"].update({"interface": "joint_trajectory", "topic": JTC_TOPIC})
+    data["controller"]["watchdog_periods"] = 3  # a safety setting: read from the robot config only
     p = work / f"arm_{interface}.yaml"
     p.write_text(yaml.safe_dump(data))
     return str(p)
@@ -159,7 +160,7 @@ def run_interface(interface: str, args, ckpt: Path, env: dict, work: Path) -> di
     rate = args.command_rate if interface == "forward" else args.trajectory_rate
     params = [f"config:={cfg}", f"checkpoint:={ckpt}", f"control_rate_hz:={args.policy_rate}",
               f"command_rate_hz:={rate}", f"chunk_blend:={args.blend}", "diagnostics_period_s:=0.5",
-              f"executor:={args.executor}", "watchdog_periods:=3", f"sched_priority:={args.sched_priority}"]
+              f"executor:={args.executor}", f"sched_priority:={args.sched_priority}"]
     ctl = subprocess.Popen(ros + ["smiling_ros.nodes.controller_node", "--ros-args"]
                            + sum((["-p", p] for p in params), []),
                            env=env, stdout=open(logdir / f"stream_controller_{interface}.log", "w"),
