@@ -195,6 +195,7 @@ def positive(value: float, where: str, name: str, allow_zero: bool = False) -> N
 
 # --------------------------------------------------------------------------- foundation sections
 STAMP_SOURCES = ("header", "receive")
+ALIGN_RULES = ("asof", "hold")
 
 
 @dataclass
@@ -213,6 +214,10 @@ class FieldSpec:
     driver whose clock is not synchronised with this machine's).
     max_age_s: the oldest a sample of this field may be when it is used [s]; None = a few periods
     of the topic's rate in the training data (see :class:`smiling_ros.io.fields.VectorAssembler`).
+    align: how the field is put on the dataset / control clock: ``asof`` (the latest sample no
+    older than its maximum age; a step where it is older is dropped: import-bag leaves the row
+    out and splits the episode there, the controller does not command) or ``hold`` (the latest
+    sample whatever its age, e.g. a goal published once).
     """
 
     topic: str
@@ -224,6 +229,7 @@ class FieldSpec:
     orientation: str = "quat"
     stamp: str = "header"
     max_age_s: Optional[float] = None
+    align: str = "asof"
 
     def validate(self, where: str) -> None:
         check_topic(self.topic, f"{where}.topic")
@@ -233,6 +239,10 @@ class FieldSpec:
             raise UserError(f"{where}.stamp: 'header' or 'receive', got '{self.stamp}'")
         if self.max_age_s is not None and not self.max_age_s > 0:
             raise UserError(f"{where}.max_age_s: must be > 0 s, got {self.max_age_s}")
+        if self.align not in ALIGN_RULES:
+            raise UserError(f"{where}.align: 'asof' or 'hold', got '{self.align}'")
+        if self.align == "hold" and self.max_age_s is not None:
+            raise UserError(f"{where}: 'max_age_s' has no effect with 'align: hold' (remove one)")
 
 
 @dataclass
@@ -275,6 +285,9 @@ class ImportSection:
     idle_s: how long all of them must rest to separate takes [s].
     max_episode_s: an episode longer than this [s] gets a warning (None: only when it is much
     longer than the others).
+    stale_periods: an observation field (``align: asof``) without its own ``max_age_s`` may be
+    this many periods of its topic's rate old (and at least this many dataset periods), as in
+    the controller; a step where one is older is dropped and the episode split there.
     min_episode_steps: shorter fragments are dropped (and reported).
     max_abs: a value beyond +-max_abs is treated as corrupt (float32 keeps ~7 digits).
     """
@@ -286,6 +299,7 @@ class ImportSection:
     idle_velocity: float = 0.01
     idle_s: float = 1.0
     max_episode_s: Optional[float] = None
+    stale_periods: float = 2.0
     min_episode_steps: int = 2
     max_abs: float = 1e9
 
@@ -294,6 +308,7 @@ class ImportSection:
         positive(self.command_silence_s, where, "command_silence_s", allow_zero=True)
         positive(self.idle_velocity, where, "idle_velocity")
         positive(self.idle_s, where, "idle_s")
+        positive(self.stale_periods, where, "stale_periods")
         if self.max_episode_s is not None:
             positive(self.max_episode_s, where, "max_episode_s")
         if self.idle_topic:

@@ -13,6 +13,7 @@ from badbags import (
     CMD,
     CORPUS,
     MARKERS,
+    OBS_FIELDS,
     T0,
     demo_bag,
     episode_messages,
@@ -114,7 +115,12 @@ def test_markers_define_episodes_and_success(tmp_path, capsys):
     rc, _, err = run_cli(capsys, info["path"], "--config", write_config(tmp_path / "c2.yaml", gap_s=0.5,
                          topics={"episode": "/no/markers"}), "--out", tmp_path / "ds2", "--no-progress")
     assert rc == 0, err
-    assert Dataset.load(tmp_path / "ds2").num_episodes == 1  # gaps of 0.2 s < 0.5 s
+    ds2 = Dataset.load(tmp_path / "ds2")
+    # the 0.2 s pauses are shorter than gap_s, but longer than 2 periods of the 20 Hz topics: the
+    # steps where those are stale are dropped, as the controller would not command there
+    assert ds2.num_episodes == 3 and ds2.meta["episodes_from"] == "gaps"
+    assert [e["cut_by"] for e in ds2.meta["episodes"]] == [["stale"], ["stale"], ["stale"]]
+    assert ds2.meta["alignment"]["dropped_steps"] > 0
 
 
 def test_markers_open_episode_and_stray_end(tmp_path, capsys):
@@ -151,7 +157,9 @@ def test_marked_episode_with_state_dropout_is_split(tmp_path, capsys):
 
 def test_state_only_bag_and_rate_and_gap_overrides(tmp_path, capsys):
     info = demo_bag(tmp_path / "bag", "mcap", episodes=2, seconds=1.0, pause_s=1.0, actions=False)
-    cfg = write_config(tmp_path / "cfg.yaml")
+    # align: hold keeps values of any age (by default a step with a field older than its maximum
+    # age is dropped, see test_episodes.py)
+    cfg = write_config(tmp_path / "cfg.yaml", observation=[dict(f, align="hold") for f in OBS_FIELDS])
     rc, out, err = run_cli(capsys, info["path"], "--config", cfg, "--out", tmp_path / "ds", "--rate", "10",
                            "--gap", "5", "--no-progress")
     assert rc == 0, err

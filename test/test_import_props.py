@@ -159,7 +159,8 @@ def test_import_matches_brute_force_zoh(diffs_ms, storage, rate):
     try:
         write_bag(tmp / "bag", [("/observation", int(t), float_array(v)) for t, v in zip(times, vals)], storage)
         cfg = load_config(write_config(tmp / "c.yaml", rate_hz=rate, gap_s=gap_ms / 1000, min_steps=1,
-                                       observation=[{"topic": "/observation", "field": "data"}], action=[]))
+                                       observation=[{"topic": "/observation", "field": "data", "align": "hold"}],
+                                       action=[]))
         n_segments = 1 + sum(d > gap_ms for d in diffs_ms)
         try:
             ds = import_bag(tmp / "bag", cfg, tmp / "ds", progress=False, log=lambda s: None)

@@ -381,7 +381,7 @@ class VectorAssembler:
     field, so a driver that keeps republishing one sample goes stale (``frozen``).
 
     Freshness. Field ``i`` may be used while its newest sample is at most ``max_age_ns(i)`` old:
-    ``FieldSpec.max_age_s`` when set; else ``stale_periods`` periods of the topic's rate in
+    no limit with ``FieldSpec.align: hold``; ``FieldSpec.max_age_s`` when set; else ``stale_periods`` periods of the topic's rate in
     ``rates_hz`` (the rate it had in the training data), but at least ``stale_periods`` of
     ``period_s`` (the consumer's step, e.g. the control period); else ``stale_periods`` x
     ``period_s``; else no limit. Ages are measured on the caller's clock: a sample received at
@@ -433,6 +433,8 @@ class VectorAssembler:
             self._default_max_age(s, rates_hz or {}, period_s) for s in self.specs]
 
     def _default_max_age(self, spec: FieldSpec, rates: dict[str, float], period_s: Optional[float]) -> Optional[int]:
+        if spec.align == "hold":  # the latest sample, whatever its age
+            return None
         if spec.max_age_s is not None:
             return int(round(spec.max_age_s * 1e9))
         rate = rates.get(spec.topic)

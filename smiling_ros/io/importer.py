@@ -19,7 +19,15 @@ Pipeline:
    (``meta['episodes'][i]['cut_by']``), and ``meta['episode_rules']`` what each rule found. An
    episode much longer than the others (or than ``import.max_episode_s``) gets a warning naming
    the rules tried.
-4. Each episode is resampled on a fixed grid by zero-order hold (:func:`zoh`): the episode becomes
+4. Observation fields are aligned by the controller's rules: every message goes through the
+   :class:`~smiling_ros.io.fields.VectorAssembler` the controller uses (header stamps or receive
+   time per field, a stamp that does not advance is not new), and at each grid point a field
+   (``align: asof``) whose latest sample is older than its maximum age (``max_age_s``, else
+   ``import.stale_periods`` periods of its topic's rate in this bag, at least that many dataset
+   periods) drops the step: the episode is split there (:func:`step_faults`,
+   :func:`split_valid`). ``align: hold`` fields take their latest sample whatever its age, also
+   one from before the episode.
+   Each episode is resampled on a fixed grid by zero-order hold (:func:`zoh`): the episode becomes
    *ready* at the first time every field (observations and actions) has a message inside it; grid
    points are ``ready + (k + phase) / rate`` for ``k = 0, 1, ...`` up to ``b``, and each field
    takes its last message at or before the grid point. ``phase = 0.5`` puts the grid half a period
@@ -127,11 +135,15 @@ def resample_episode(
     act_series: Optional[Sequence[tuple[np.ndarray, np.ndarray]]],
     period_ns: float,
     phase: float = PHASE,
+    hold: Sequence[bool] = (),
 ) -> Optional[ResampledEpisode]:
-    """ZOH-resample one interval; None when some field has no message inside it."""
+    """ZOH-resample one interval; None when some field has no message inside it (observation
+    fields flagged in ``hold`` may also use their last message before it)."""
     fields = list(obs_series) + list(act_series or [])
     ready = interval.start_ns
-    for t, _ in fields:
+    for k, (t, _) in enumerate(fields):
+        if k < len(hold) and hold[k] and len(t) and t[0] <= interval.start_ns:
+            continue
         lo = int(np.searchsorted(t, interval.start_ns, side="left"))
         if lo >= len(t) or t[lo] > interval.end_ns:
             return None
@@ -142,6 +154,44 @@ def resample_episode(
     obs = np.concatenate([zoh(t, v, grid) for t, v in obs_series], axis=1)
     act = None if act_series is None else np.concatenate([zoh(t, v, grid) for t, v in act_series], axis=1)
     return ResampledEpisode(interval, grid, obs, act)
+
+
+def step_faults(grid: np.ndarray, arrays: Sequence[tuple[np.ndarray, np.ndarray]], lags: Sequence[np.ndarray],
+                limits: Sequence[Optional[int]], errors: Sequence[np.ndarray]) -> np.ndarray:
+    """Which observation fields may not be used at each grid time: (K, n_fields) bool.
+
+    The same rules as :meth:`smiling_ros.io.fields.VectorAssembler.faults` in the controller,
+    evaluated on the samples the assembler accepted during the import: field ``i`` is at fault at
+    ``g`` when its latest sample received at or before ``g`` is older than ``limits[i]`` ns (its
+    age counts from the receive time less the header lag ``lags[i]``, i.e. from the assembler's
+    sample time) or when a message with an implausible header stamp (``errors[i]``: receive
+    times) arrived after that sample.
+    """
+    out = np.zeros((len(grid), len(arrays)), bool)
+    for i, ((t, _), lag, limit, err) in enumerate(zip(arrays, lags, limits, errors)):
+        idx = np.searchsorted(t, grid, side="right") - 1
+        if limit is not None:
+            out[:, i] |= grid - (t[idx] - lag[idx]) > limit
+        if len(err):
+            e = np.searchsorted(err, grid, side="right") - 1
+            out[:, i] |= (e >= 0) & (err[np.maximum(e, 0)] > t[idx])
+    return out
+
+
+def split_valid(ep: ResampledEpisode, bad: np.ndarray) -> list[ResampledEpisode]:
+    """The runs of steps of ``ep`` where ``bad`` (K,) is False, as episodes cut by ``stale``."""
+    from smiling_ros.data.episodes import Interval
+
+    if not bad.any():
+        return [ep]
+    edges = np.diff(np.concatenate([[1], bad.astype(np.int8), [1]]))
+    out = []
+    for a, b in zip(np.nonzero(edges == -1)[0], np.nonzero(edges == 1)[0]):
+        iv = ep.interval
+        piece = Interval(int(ep.grid[a]), int(ep.grid[b - 1]), iv.episode, iv.success,
+                         start_by=iv.start_by if a == 0 else "stale", end_by=iv.end_by if b == len(bad) else "stale")
+        out.append(ResampledEpisode(piece, ep.grid[a:b], ep.obs[a:b], None if ep.act is None else ep.act[a:b]))
+    return out
 
 
 def first_bad_value(
@@ -409,7 +459,8 @@ def import_bag(
 
         from tqdm import tqdm
 
-        assemblers = [(obs_asm, obs_series)] + ([(act_asm, act_series)] if act_asm is not None else [])
+        obs_errors: list[list[int]] = [[] for _ in cfg.observation]  # receive times of clock faults
+        obs_per_topic = {t: len(obs_asm.fields_of(t)) for t in obs_types}
         bar = tqdm(total=total, unit="msg", desc="import-bag", disable=None if progress else True, file=sys.stderr)
         try:
             for topic, msgtype, stamp, raw in reader.messages(wanted):
@@ -439,9 +490,16 @@ def import_bag(
                 try:
                     if idle is not None and topic == idle.topic:
                         idle.add(msg, stamp, msgtype)
-                    for asm, series in assemblers:
-                        for i in asm.update(topic, msg, stamp, msgtype):
-                            series[i].append(stamp, asm.value(i))
+                    new = obs_asm.update(topic, msg, stamp, msgtype)
+                    for i in new:
+                        obs_series[i].append(stamp, np.append(obs_asm.value(i), stamp - obs_asm.sample_ns(i)))
+                    if h is not None and len(new) < obs_per_topic.get(topic, 0):  # a repeated or implausible stamp
+                        for f in obs_asm.faults(stamp):
+                            if f.kind == "clock" and obs_asm.specs[f.field].topic == topic:
+                                obs_errors[f.field].append(stamp)
+                    if act_asm is not None:
+                        for i in act_asm.update(topic, msg, stamp, msgtype):
+                            act_series[i].append(stamp, act_asm.value(i))
                 except UserError as exc:
                     raise UserError(f"{bag}: {exc} (at t={reader.rel_s(stamp):.3f} s into the bag)") from None
         except BaseException:
@@ -458,7 +516,11 @@ def import_bag(
 
     if n_read == 0:
         raise UserError(f"{bag}: no messages on the configured topics (bag is empty or unreadable)")
-    obs_arrays = [s.arrays() for s in obs_series]
+    obs_arrays, obs_lags = [], []
+    for s in obs_series:
+        t, v = s.arrays()
+        obs_arrays.append((t, v[:, :-1]))
+        obs_lags.append(v[:, -1].astype(np.int64))
     act_arrays = [s.arrays() for s in act_series] if has_actions else None
     bad = first_bad_value(
         list(cfg.observation) + (list(cfg.action) if has_actions else []),
@@ -477,7 +539,18 @@ def import_bag(
             raise UserError(f"{bag}: no complete observation: topic '{spec.topic}' has no messages")
 
     receive_arr = {t: np.asarray(v, np.int64) for t, v in receive.items()}
-    obs_topic_times = [np.sort(receive_arr[t]) for t in dict.fromkeys(s.topic for s in cfg.observation)]
+    rates = {t: checks.effective_rate_hz(receive_arr[t], gap_ns) for t in sorted(data_topics)}
+    # maximum age per observation field: as the controller computes it from the dataset's rates
+    limits_asm = VectorAssembler(cfg.observation, types=obs_types, period_s=1.0 / rate,
+                                 stale_periods=isec.stale_periods,
+                                 rates_hz={t: r for t, r in rates.items() if r is not None})
+    limits = [limits_asm.max_age_ns(i) for i in range(len(cfg.observation))]
+    hold = [s.align == "hold" for s in cfg.observation]
+    errors = [np.sort(np.asarray(e, np.int64)) for e in obs_errors]
+    # topics whose fields are all held ('align: hold', e.g. a goal published once) never make a gap
+    gap_topics = dict.fromkeys(s.topic for s in cfg.observation if s.align != "hold") \
+        or dict.fromkeys(s.topic for s in cfg.observation)
+    obs_topic_times = [np.sort(receive_arr[t]) for t in gap_topics]
     state = state_intervals(obs_topic_times, gap_ns)
     act_topics = list(dict.fromkeys(s.topic for s in cfg.action)) if has_actions else []
     command_times = np.sort(np.concatenate([receive_arr[t] for t in act_topics])) if act_topics else None
@@ -507,14 +580,29 @@ def import_bag(
     kept: list[ResampledEpisode] = []
     incomplete = 0
     short_lengths: list[int] = []
+    stale_steps = np.zeros(len(cfg.observation), np.int64)
+    n_stale = 0
     for iv in intervals:
-        ep = resample_episode(iv, obs_arrays, act_arrays, period_ns)
+        ep = resample_episode(iv, obs_arrays, act_arrays, period_ns, hold=hold)
         if ep is None:
             incomplete += 1
-        elif len(ep.grid) < min_steps:
-            short_lengths.append(len(ep.grid))
-        else:
-            kept.append(ep)
+            continue
+        pieces = [ep]
+        if len(ep.grid):
+            bad = step_faults(ep.grid, obs_arrays, obs_lags, limits, errors)
+            stale_steps += bad.sum(0)
+            n_stale += int(bad.any(1).sum())
+            pieces = split_valid(ep, bad.any(1))
+        for piece in pieces:
+            if len(piece.grid) < min_steps:
+                short_lengths.append(len(piece.grid))
+            else:
+                kept.append(piece)
+    if n_stale:
+        worst = [f"{cfg.observation[i].topic}:{cfg.observation[i].field} {int(stale_steps[i])}"
+                 for i in np.argsort(-stale_steps) if stale_steps[i]]
+        log(f"note: dropped {n_stale} step(s) where an observation field was older than its maximum age "
+            f"(steps per field: {', '.join(worst)}); episodes split there")
     if not kept:
         why = []
         if incomplete:
@@ -537,7 +625,6 @@ def import_bag(
     obs_all = np.concatenate([ep.obs for ep in kept])
     act_all = np.concatenate([ep.act for ep in kept]) if has_actions else None
     ends = np.cumsum([len(ep.grid) for ep in kept])
-    rates = {t: checks.effective_rate_hz(receive_arr[t], gap_ns) for t in sorted(data_topics)}
     roles = {**{t: "action" for t in act_topics}, **{s.topic: "observation" for s in cfg.observation}}
     findings = (
         checks.echo_findings(obs_all, act_all, ends, obs_names, act_names)
@@ -579,6 +666,15 @@ def import_bag(
             "phase": PHASE,
             "timestamps": "bag receive time",
             "episode_start_end": "first and last grid point of each episode (ns)",
+        },
+        "alignment": {
+            "stale_periods": isec.stale_periods,
+            "fields": [
+                {"name": f"{s.topic}:{s.field}", "stamp": s.stamp, "align": s.align,
+                 "max_age_s": None if lim is None else lim * 1e-9}
+                for s, lim in zip(cfg.observation, limits)
+            ],
+            "dropped_steps": n_stale,
         },
         "episodes_from": seg.rule,
         "episode_rules": [o.as_dict() for o in seg.tried],
