@@ -2,6 +2,8 @@
 and the action's joint names, on bags written with ``rosbags`` directly (test/lab_bags.py)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -288,3 +290,20 @@ def test_import_and_controller_assembler_build_the_same_vectors(tmp_path, capsys
             assert faults and {f.name for f in faults} == {"/target:data"}, faults
             faulty += 1
     assert compared == len(ds.obs) and faulty == ds.meta["alignment"]["dropped_steps"]
+
+
+def test_checkpoint_carries_the_recorded_action_joints(tmp_path, capsys):
+    """train-dbc (plain BC, a few steps) on an imported lab bag: the checkpoint's spec names the
+    command joints and meaning recorded in the dataset, and the bag's topic rates."""
+    bag = Lab(takes=2, take_s=2.0).write(tmp_path / "bag")
+    cfg = lab_config(tmp_path / "c.yaml", observation="position")
+    import_cli(capsys, bag, cfg, tmp_path / "ds")
+    d = yaml.safe_load(cfg.read_text())
+    d["command"] = {"meaning": "velocity"}  # the training config no longer lists the joints
+    cfg.write_text(yaml.safe_dump(d))
+    rc = main(["train-dbc", "--config", str(cfg), "--dataset", str(tmp_path / "ds"), "--out",
+               str(tmp_path / "bc.safetensors"), "--no-dm", "--steps", "5", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    spec = json.loads((tmp_path / "bc.json").read_text())["spec"]
+    assert spec["action"] == {"joints": JOINTS, "meaning": "velocity", "interface": "forward"}
+    assert spec["topic_rates_hz"]["/joint_states"] == pytest.approx(100.0, rel=0.01) and spec["rate_hz"] == 50.0

@@ -135,7 +135,9 @@ def robot_spec(config: dict[str, Any], dataset_meta: Optional[dict[str, Any]] = 
 
     From the training config (a :meth:`Config.to_dict`) and, where known, the dataset's meta:
     ``observation`` (the fields: topic, type, field, joint names in order, ...), ``action``
-    (``joints``: the command joints in order, ``meaning``, ``interface``), ``rate_hz`` (the
+    (``joints``: the command joints in order, ``meaning``, ``interface``; the dataset's
+    ``action_spec``, recorded by import-bag from the robot config, where it has joints, else the
+    training config's ``command`` section), ``rate_hz`` (the
     training rate: the dataset's, else the config's) and ``topic_rates_hz`` (each observation
     topic's message rate in the recording: the dataset's ``topic_rates_hz``, else messages over
     the recording's span).
@@ -153,6 +155,11 @@ def robot_spec(config: dict[str, Any], dataset_meta: Optional[dict[str, Any]] = 
     dm = dataset_meta or {}
     if isinstance(dm.get("rate_hz"), (int, float)):
         spec["rate_hz"] = float(dm["rate_hz"])
+    recorded = dm.get("action_spec") if isinstance(dm.get("action_spec"), dict) else {}
+    if recorded.get("joints") and isinstance(recorded["joints"], list):  # what the demonstrations commanded
+        spec["action"] = {"joints": [str(j) for j in recorded["joints"]],
+                          "meaning": str(recorded.get("meaning") or spec["action"]["meaning"]),
+                          "interface": str(recorded.get("interface") or spec["action"]["interface"])}
     source = dm.get("source") if isinstance(dm.get("source"), dict) else {}
     topics, t0, t1 = source.get("topics") or {}, source.get("start_ns"), source.get("end_ns")
     measured = dm.get("topic_rates_hz") if isinstance(dm.get("topic_rates_hz"), dict) else {}
