@@ -268,12 +268,12 @@ def test_ramp_in_after_activate_fault_and_estop_release():
             out.append(loop.tick(t0 + k * P).action[0])
         return out
 
-    np.testing.assert_allclose(run(0), [0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    np.testing.assert_allclose(run(0), [0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
     assert loop.tick(8 * P).reason == "stop"  # stale
-    np.testing.assert_allclose(run(10 * P), [0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    np.testing.assert_allclose(run(10 * P), [0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
     loop.set_estop(True)
     loop.set_estop(False)
-    np.testing.assert_allclose(run(20 * P), [0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    np.testing.assert_allclose(run(20 * P), [0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
 
 
 # A sequence of events for the property tests: (dt since the previous event [ns], what).

@@ -64,11 +64,11 @@ def test_ramp_blends_from_rest_or_the_measured_position():
     vel = SafetyEnvelope([-1, -1], [1, 1], P, ramp_in_s=4 * P / 1e9)
     vel.restart(0)
     got = [vel.apply([1.0, -0.5], k * P)[0] for k in range(6)]
-    np.testing.assert_allclose(got, [0, 0.25, 0.5, 0.75, 1, 1])
+    np.testing.assert_allclose(got, [0.25, 0.5, 0.75, 1, 1, 1])
     pos = SafetyEnvelope([-3, -3], [3, 3], P, ramp_in_s=2 * P / 1e9, position=True)
     pos.restart(0)
     got = [pos.apply([1.0, 1.0], k * P, measured=[0.5, -1.0]).tolist() for k in range(3)]
-    np.testing.assert_allclose(got, [[0.5, -1.0], [0.75, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(got, [[0.75, 0.0], [1.0, 1.0], [1.0, 1.0]])
     assert pos.apply([1.0, 1.0], 4 * P) is None  # position ramp without the measured position: nothing
     assert pos.apply([np.nan, 1.0], 4 * P, measured=[0, 0]) is None
 

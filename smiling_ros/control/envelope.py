@@ -11,7 +11,9 @@ In this order, for each element ``i`` (units are those of the command: rad, rad/
 
 1. **Ramp-in**: for ``ramp_in_s`` after :meth:`restart` the command is blended from the origin
    (0 for velocity/effort commands; the measured position for position commands) towards the
-   action, linearly in time: ``origin + s (action - origin)``, ``s`` from 0 to 1.
+   action, linearly in time: ``origin + s (action - origin)``, ``s`` rising to 1 over
+   ``ramp_in_s`` from one period before the restart (so the first command is already one step
+   along, never the origin itself).
 2. **Limits**: clamped to ``[low[i], high[i]]``.
 3. **Rate limit**: the change from the previous command is at most ``max_rate[i]`` per second of
    time between them (the first command after :meth:`restart` counts from the origin, one
@@ -95,7 +97,8 @@ class SafetyEnvelope:
         self.last = None
         self.last_ns = None
         self._origin = None
-        self._ramp_from_ns = int(now_ns) if self.ramp_ns > 0 else None
+        # The first command is one period into the ramp (a zero first command would read as a stop).
+        self._ramp_from_ns = int(now_ns) - self.period_ns if self.ramp_ns > 0 else None
 
     def note_sent(self, command: np.ndarray, now_ns: int) -> None:
         """Record a command sent without :meth:`apply` (a held command)."""

@@ -342,9 +342,8 @@ class ControllerNode(LifecycleNode):
         if r.event:
             # State changes are logged, at most one per second per kind when a marginal sensor makes
             # the watchdog flap; /diagnostics carries the current state and the count.
-            if r.event.startswith("fault"):
-                self.get_logger().warning(f"{r.event} (fault episodes: {loop.watchdog.episodes})",
-                                          throttle_duration_sec=1.0)
+            if r.event.startswith("fault"):  # once per fault episode, never throttled
+                self.get_logger().warning(f"{r.event} (fault episodes: {loop.watchdog.episodes})")
             elif "resumed" in r.event:
                 self.get_logger().info(r.event, throttle_duration_sec=1.0)
             else:
