@@ -229,8 +229,9 @@ def train_chunked_bridger(path, bc_path, chunk=4) -> None:
     pol.save(path, {"task": ARM_REACH})
 
 
-def run_forward(tmp_path, ros_env, name, controller_params, episodes=2):
-    """controller_node -> sim_node (forward commands); returns (episode ends, commands, controller log)."""
+def run_forward(tmp_path, ros_env, name, controller_params, episodes=2, sim_config="arm_reach", time_scale=TIME_SCALE):
+    """controller_node -> sim_node (forward commands, or the interface of ``sim_config``); returns
+    (episode ends, forward commands seen, controller log)."""
     import rclpy
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
@@ -262,8 +263,8 @@ def run_forward(tmp_path, ros_env, name, controller_params, episodes=2):
                             *sum((["-p", p] for p in controller_params), [])],
                            env=ros_env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     sim = subprocess.Popen(
-        [sys.executable, "-m", "smiling_ros.nodes.sim_node", "--ros-args", "-p", "config:=arm_reach",
-         "-p", "mode:=realtime", "-p", f"time_scale:={TIME_SCALE}", "-p", f"max_episodes:={episodes}",
+        [sys.executable, "-m", "smiling_ros.nodes.sim_node", "--ros-args", "-p", f"config:={sim_config}",
+         "-p", "mode:=realtime", "-p", f"time_scale:={time_scale}", "-p", f"max_episodes:={episodes}",
          "-p", "wait_for_subscribers:=1", "-p", "seed:=7"],
         env=ros_env, stdout=open(tmp_path / f"sim_{name}.log", "w"), stderr=subprocess.STDOUT)
     try:
@@ -281,8 +282,6 @@ def run_forward(tmp_path, ros_env, name, controller_params, episodes=2):
         spinner.join(2)
         node.destroy_node()
         ctx.try_shutdown()
-    print(name, [(e["success"], e["return"]) for e in ends if e and e["event"] == "end"], len(commands),
-          max_step(commands) if len(commands) > 1 else None)
     return [e for e in ends if e and e["event"] == "end"], commands, log_path.read_text()
 
 
@@ -312,3 +311,21 @@ def test_chunked_stream_succeeds_like_single_actions_with_smaller_command_steps(
     assert len(chunk_cmds) > 3 * len(single_cmds) > 300
     assert all(np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a)) for a in chunk_cmds)
     assert max_step(chunk_cmds) < max_step(single_cmds), (max_step(chunk_cmds), max_step(single_cmds))
+
+
+def test_sim_node_follows_a_streamed_trajectory_to_the_target(tmp_path, ros_env):
+    """The same trajectory interface on the robot side: sim_node's JTC-like follower takes the
+    controller's trajectory stream (chunked policy at 20 Hz, trajectories re-sent at 50 Hz)."""
+    bc, chunked = tmp_path / "bc.safetensors", tmp_path / "bridger_chunk4.safetensors"
+    clone_expert(bc)
+    train_chunked_bridger(chunked, bc)
+    cfg = trajectory_config(tmp_path)
+    ends, _, log = run_forward(
+        tmp_path, ros_env, "jtc_stream",
+        [f"config:={cfg}", f"checkpoint:={chunked}", "watchdog_periods:=3", "command_rate_hz:=50.0",
+         "chunk_blend:=replace"], sim_config=cfg, time_scale=1.0)
+    assert len(ends) == 2 and all(e["steps"] == 100 for e in ends), ends
+    assert sum(e["success"] for e in ends) >= 1, (ends, log)
+    assert "(joint_trajectory, velocity)" in log and "commands streamed at 50 Hz (replace)" in log
+    sim_log = (tmp_path / "sim_jtc_stream.log").read_text()
+    assert "trajectory rejected" not in sim_log and "Traceback" not in sim_log

@@ -18,6 +18,10 @@ the transitions itself):
   one policy step ahead) for a joint_trajectory_controller, a TwistStamped for MoveIt Servo. The
   action's meaning (the checkpoint's, else ``command.meaning``) must suit the interface, or
   configure fails.
+- with ``command_rate_hz`` set, policy rate and command rate come apart
+  (smiling_ros.control.stream): the policy plans timed chunks at ``control_rate_hz`` on a planner
+  thread and the timer at ``command_rate_hz`` sends the planned action for now (interpolated), or
+  the plan ahead as a trajectory.
 - deactivate / shutdown / SIGINT / SIGTERM: stop the timer, publish the stop command
   (``stop_action``), then nothing.
 
@@ -32,9 +36,15 @@ Interfaces (names relative to the node, ``~``):
     ~/reset_stats             std_srvs/Trigger: clear latency/deadline statistics (e.g. after warm-up).
     <topics.episode>          std_msgs/String episode markers: a "start" resets the policy's state
                               (observation window, action chunk) before the next tick.
-    <topics.policy>           std_msgs/String with a checkpoint path: loaded on a background thread
-                              and swapped in between two ticks; a checkpoint for another robot is
+    <topics.policy>           std_msgs/String with a checkpoint path, or a JSON announcement with
+                              path and sha256 (the file is hash-checked; one not on this machine
+                              is awaited on .../checkpoint): loaded on a background thread and
+                              swapped in between two ticks; a checkpoint for another robot is
                               refused and the old policy kept.
+    <topics.policy>/checkpoint
+                              std_msgs/UInt8MultiArray: a checkpoint's bytes from another machine
+                              (smiling_ros.learn.transfer): size limit (max_checkpoint_mb) and
+                              sha256 checked, stored in checkpoint_cache, then loaded as above.
     /diagnostics              diagnostic_msgs/DiagnosticArray every diagnostics_period_s: latency
                               p50/p99, ticks, missed deadlines, fault state and the field at
                               fault, fault episodes by kind, e-stop, policy path.
