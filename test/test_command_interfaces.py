@@ -319,10 +319,10 @@ def test_sim_node_follows_a_streamed_trajectory_to_the_target(tmp_path, ros_env)
     bc, chunked = tmp_path / "bc.safetensors", tmp_path / "bridger_chunk4.safetensors"
     clone_expert(bc)
     train_chunked_bridger(chunked, bc)
-    cfg = trajectory_config(tmp_path)
+    cfg = trajectory_config(tmp_path, watchdog_periods=3)
     ends, _, log = run_forward(
         tmp_path, ros_env, "jtc_stream",
-        [f"config:={cfg}", f"checkpoint:={chunked}", "watchdog_periods:=3", "command_rate_hz:=50.0",
+        [f"config:={cfg}", f"checkpoint:={chunked}", "command_rate_hz:=50.0",
          "chunk_blend:=replace"], sim_config=cfg, time_scale=1.0)
     assert len(ends) == 2 and all(e["steps"] == 100 for e in ends), ends
     assert sum(e["success"] for e in ends) >= 1, (ends, log)

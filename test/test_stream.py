@@ -156,3 +156,41 @@ def test_a_command_is_served_while_inference_is_running():
     assert kind == "command" and np.allclose(a, [0.2, 0.2], atol=1e-6)
     release.set()
     t.join(10)
+
+
+def test_every_streamed_command_passes_the_envelope_at_the_command_rate():
+    """Rate limit per second of command time and a ramp-in after every restart of commanding,
+    for sampled commands and for a trajectory's points."""
+    from smiling_ros.control.envelope import SafetyEnvelope
+
+    clock = Clock()
+    loop, _ = make_loop(constant_policy([0.8, -0.8]), clock, watchdog_periods=100)
+    env = SafetyEnvelope(-np.ones(2), np.ones(2), 2 * MS, max_rate=[1.0], ramp_in_s=0.1)
+    stream = CommandStream(loop, clock=clock, command_period_ns=2 * MS, envelope=env)
+    loop.on_message("/obs", Msg([0.0, 0.0, 0.0]), 0)
+    clock.t = 1 * MS
+    assert stream.plan_once(0).reason == "command"
+    prev, t = np.zeros(2), 2 * MS
+    for _ in range(40):
+        if t % STEP == 0:  # the planner's ticks, with a fresh observation each
+            loop.on_message("/obs", Msg([0.0, 0.0, 0.0]), t)
+            clock.t = t
+            stream.plan_once(t)
+        kind, a = stream.next_command(t)
+        assert kind == "command"
+        assert np.all(np.abs(a - prev) <= 1.0 * 2e-3 + 1e-12), (a, prev)  # 1 /s over 2 ms
+        prev, t = a, t + 2 * MS
+    assert 0 < abs(prev[0]) < 0.8  # still ramping / rate-limited, not at the planned 0.8
+    # A trajectory's later points are limited at their own times, and the first commits the state.
+    acts, times = stream.next_command(t, points=True)[1]
+    steps = np.abs(np.diff(np.vstack([prev, acts]), axis=0))
+    dts = np.diff(np.concatenate([[(t - 2 * MS) / 1e9], t / 1e9 + np.maximum(times, 0)]))
+    assert np.all(steps <= dts[:, None] * 1.0 + 1e-9)
+    # After a clear (e-stop), commanding restarts with a ramp from zero.
+    stream.clear()
+    t = (t // STEP + 1) * STEP
+    loop.on_message("/obs", Msg([0.0, 0.0, 0.0]), t)
+    clock.t = t
+    stream.plan_once(t)
+    kind, a = stream.next_command(t + 2 * MS)
+    assert kind == "command" and np.all(np.abs(a) <= 1.0 * 2e-3 + 1e-12)

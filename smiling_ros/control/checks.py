@@ -203,14 +203,16 @@ def measured_positions(cfg: Config) -> Optional[np.ndarray]:
     return np.array([where[j] for j in joints], np.int64)
 
 
-def make_envelope(settings: Any, low: np.ndarray, high: np.ndarray) -> tuple[Any, Optional[np.ndarray]]:
+def make_envelope(settings: Any, low: np.ndarray, high: np.ndarray,
+                  period_ns: Optional[int] = None) -> tuple[Any, Optional[np.ndarray]]:
     """The safety envelope of the config's ``controller`` section, and the observation indices of
-    the measured positions it needs (position commands), refusing a config that cannot give them."""
+    the measured positions it needs (position commands), refusing a config that cannot give them.
+    ``period_ns``: the period of the commands it guards (default the control period)."""
     from smiling_ros.control.envelope import SafetyEnvelope
 
     cfg = settings.config
     position = cfg.command.meaning == "position"
-    env = SafetyEnvelope(low, high, settings.period_ns, max_rate=settings.max_rate, ramp_in_s=settings.ramp_in_s,
+    env = SafetyEnvelope(low, high, period_ns or settings.period_ns, max_rate=settings.max_rate, ramp_in_s=settings.ramp_in_s,
                          max_error=settings.max_position_error, position=position)
     index = measured_positions(cfg) if position else None
     if settings.max_position_error and not position:

@@ -102,6 +102,7 @@ class ControlLoop:
         if not (np.array_equal(self.envelope.low, self.low) and np.array_equal(self.envelope.high, self.high)):
             raise UserError("the safety envelope's limits differ from the loop's action limits")
         self.measured_index = None if measured_index is None else np.asarray(measured_index, np.int64)
+        self.last_measured: Optional[np.ndarray] = None
         if self.envelope.needs_measured and self.measured_index is None:
             raise UserError("position commands with a ramp, rate limit or controller.max_position_error need the "
                             "measured positions of the command joints in the observation (JointState position)")
@@ -255,6 +256,7 @@ class ControlLoop:
         if not math.isfinite(float(a.sum())):
             return self._extra(now_ns, "bad_action", f"policy returned a non-finite action {a[:8].tolist()}", event)
         measured = obs[self.measured_index] if self.measured_index is not None else None
+        self.last_measured = measured  # read by a command stream between ticks
         cmd = self.envelope.apply(a, now_ns, measured)
         if cmd is None:
             return self._extra(now_ns, "bad_action", "the envelope refused the action (non-finite measured "

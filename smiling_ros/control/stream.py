@@ -28,10 +28,16 @@ ControlLoop` (watchdog, e-stop, validation and clamping stay there): a tick that
 (``stop_action``) is handed to the next command tick. Inference never runs on the command thread;
 the command tick only takes a short lock to read the schedule.
 
+Every command the stream sends passes ``envelope`` (a :class:`~smiling_ros.control.envelope.
+SafetyEnvelope` for the command period: limits, rate limits per second, ramp-in after every
+(re)start of commanding, distance from the measured position): a trajectory's points pass it in
+their time order. Stop commands do not (stopping is never delayed).
+
 Times are integers in nanoseconds of ``time.monotonic_ns``.
 """
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -155,7 +161,7 @@ class CommandStream:
 
     def __init__(self, loop: Any, blend: str = "replace", decay: float = 0.01,
                  on_result: Optional[Callable[[Any], None]] = None, command_period_ns: Optional[int] = None,
-                 clock: Callable[[], int] = time.monotonic_ns):
+                 clock: Callable[[], int] = time.monotonic_ns, envelope: Optional[Any] = None):
         self.loop = loop
         self.step_ns = int(loop.period_ns)
         self.schedule = ActionSchedule(loop.act_dim, self.step_ns, blend, decay)
@@ -172,6 +178,9 @@ class CommandStream:
         self.late_plans = 0  # policy ticks that started a full step late (slots skipped)
         self.exhausted = 0  # command ticks with no plan while commanding
         self.replace_next = False
+        self.envelope = envelope
+        self._restart = True  # the envelope ramps in at the next command
+        self.refused = 0  # commands the envelope refused (non-finite measured position)
 
     # ---- the planner thread
     def start(self) -> None:
@@ -228,6 +237,7 @@ class CommandStream:
                 self.schedule.add(t0_ns, np.asarray(r.action)[None], done)
             else:
                 self.schedule.clear()
+                self._restart = True
                 if r.action is not None:  # the loop's one stop command
                     self._stop_cmd = np.asarray(r.action, np.float64)
         if self._on_result is not None:
@@ -248,6 +258,39 @@ class CommandStream:
         """Forget the plan (e-stop, deactivate): nothing is commanded until the next plan."""
         with self._lock:
             self.schedule.clear()
+            self._restart = True
+
+    def _guard(self, a: np.ndarray, now_ns: int) -> Optional[np.ndarray]:
+        """``a`` through the envelope (None: refused)."""
+        env = self.envelope
+        if env is None:
+            return a
+        if self._restart:
+            env.restart(now_ns)
+            self._restart = False
+        cmd = env.apply(a, now_ns, getattr(self.loop, "last_measured", None))
+        if cmd is None:
+            self.refused += 1
+        return cmd
+
+    def _guard_points(self, acts: np.ndarray, times: np.ndarray, now_ns: int) -> Optional[np.ndarray]:
+        """A trajectory's actions through the envelope in time order: the one acting now commits
+        the envelope's state, the later ones pass a copy at their times."""
+        if self.envelope is None:
+            return acts
+        first = self._guard(acts[0], now_ns)
+        if first is None:
+            return None
+        out = [first]
+        ahead = copy.deepcopy(self.envelope)
+        measured = getattr(self.loop, "last_measured", None)
+        for a, t in zip(acts[1:], times[1:]):
+            cmd = ahead.apply(a, now_ns + max(0, int(t * 1e9)), measured)
+            if cmd is None:
+                self.refused += 1
+                return None
+            out.append(cmd)
+        return np.stack(out)
 
     def take_stop(self) -> Optional[np.ndarray]:
         with self._lock:
@@ -265,11 +308,15 @@ class CommandStream:
             if points:
                 acts, times = self.schedule.points(now_ns)
                 if len(acts):
-                    return "command", (acts, times)
+                    guarded = self._guard_points(acts, times, now_ns)
+                    if guarded is not None:
+                        return "command", (guarded, times)
+                    return "none", None
             else:
                 a = self.schedule.sample(now_ns)
                 if a is not None:
-                    return "command", a
+                    cmd = self._guard(a, now_ns)
+                    return ("command", cmd) if cmd is not None else ("none", None)
             if len(self.schedule):
                 self.exhausted += 1
             return "none", None
@@ -304,4 +351,6 @@ class CommandStream:
             "dropped_actions": self.schedule.dropped,
             "late_plans": self.late_plans,
             "plan_exhausted_ticks": self.exhausted,
+            "stream_rate_limited": self.envelope.limited if self.envelope is not None else 0,
+            "stream_refused": self.refused,
         }

@@ -82,6 +82,7 @@ from smiling_ros.control import (
     Transferred,
     checkpoint_for_swap,
     load_controller_policy,
+    make_envelope,
     make_loop,
     resolve_command,
     resolve_limits,
@@ -221,8 +222,10 @@ class ControllerNode(LifecycleNode):
         self.loop = make_loop(s, policy,
                               chunked=spec.interface == "joint_trajectory" or s.command_rate_hz is not None)
         if s.command_rate_hz is not None:
+            period = int(round(1e9 / s.command_rate_hz))
+            envelope, _ = make_envelope(s, self.loop.low, self.loop.high, period_ns=period)
             self._stream = CommandStream(self.loop, s.chunk_blend, s.ensemble_decay, on_result=self._log_result,
-                                         command_period_ns=int(round(1e9 / s.command_rate_hz)))
+                                         command_period_ns=period, envelope=envelope)
         self.loop.set_estop(self._estop)
         assembler, low, high = self.loop.assembler, self.loop.low, self.loop.high
         self.settings = s
