@@ -13,6 +13,8 @@ import math
 
 from smiling_ros.errors import UserError
 
+SHOWN = 20  # episodes listed one per line
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bag", metavar="BAG", help="rosbag2 directory, .mcap or .db3 file")
@@ -68,9 +70,12 @@ def _import(args, cfg, out, rate, gap, import_bag) -> int:
     )
     info = ds.meta["import"]
     rate = ds.meta["rate_hz"]
-    for i, ep in enumerate(ds.meta["episodes"]):
+    episodes = ds.meta["episodes"]
+    for i, ep in enumerate(episodes[:SHOWN] if len(episodes) > SHOWN + 1 else episodes):
         cut = ", ".join(ep["cut_by"]) or "the whole recording"
         print(f"episode {i}: {ep['steps']} steps ({(ep['steps'] - 1) / rate:.1f} s), cut by {cut}")
+    if len(episodes) > SHOWN + 1:
+        print(f"... {len(episodes) - SHOWN} more episodes (meta.json 'episodes')")
     by_rule: dict[str, int] = {}
     for ep in ds.meta["episodes"]:
         for r in ep["cut_by"] or ["none"]:

@@ -91,34 +91,44 @@ def grid_times(ready_ns: int, end_ns: int, period_ns: float, phase: float = PHAS
 
 @dataclasses.dataclass
 class Series:
-    """Growable time series of one field: ``times`` (M,) int64 ns, ``values`` (M, D) float64."""
+    """Growable time series of one field: ``times`` (M,) int64 ns, ``values`` (M, D) float64,
+    and ``aux`` (M,) int64 per sample (the observation fields' header lag, ns)."""
 
     capacity: int = 1024
     n: int = 0
     times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     values: Optional[np.ndarray] = None
+    aux: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
-    def append(self, t: int, v: np.ndarray) -> None:
+    def append(self, t: int, v: np.ndarray, aux: int = 0) -> None:
         if self.values is None:
             cap = max(self.capacity, 16)
             self.times = np.zeros(cap, np.int64)
+            self.aux = np.zeros(cap, np.int64)
             self.values = np.zeros((cap, len(v)), np.float64)
         elif self.n == len(self.times):
             cap = 2 * len(self.times)
             self.times = np.resize(self.times, cap)
+            self.aux = np.resize(self.aux, cap)
             self.values = np.concatenate([self.values, np.zeros_like(self.values)])
         self.times[self.n] = t
+        self.aux[self.n] = aux
         self.values[self.n] = v
         self.n += 1
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        t, v, _ = self.arrays_aux()
+        return t, v
+
+    def arrays_aux(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(times, values, aux), sorted by time (stable)."""
         if self.values is None:
-            return np.zeros(0, np.int64), np.zeros((0, 0))
-        t, v = self.times[: self.n], self.values[: self.n]
+            return np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros(0, np.int64)
+        t, v, a = self.times[: self.n], self.values[: self.n], self.aux[: self.n]
         if self.n > 1 and np.any(np.diff(t) < 0):  # merged split files may interleave
             order = np.argsort(t, kind="stable")
-            t, v = t[order], v[order]
-        return t, v
+            t, v, a = t[order], v[order], a[order]
+        return t, v, a
 
 
 @dataclasses.dataclass
@@ -492,7 +502,7 @@ def import_bag(
                         idle.add(msg, stamp, msgtype)
                     new = obs_asm.update(topic, msg, stamp, msgtype)
                     for i in new:
-                        obs_series[i].append(stamp, np.append(obs_asm.value(i), stamp - obs_asm.sample_ns(i)))
+                        obs_series[i].append(stamp, obs_asm.value(i), stamp - obs_asm.sample_ns(i))
                     if h is not None and len(new) < obs_per_topic.get(topic, 0):  # a repeated or implausible stamp
                         for f in obs_asm.faults(stamp):
                             if f.kind == "clock" and obs_asm.specs[f.field].topic == topic:
@@ -518,9 +528,9 @@ def import_bag(
         raise UserError(f"{bag}: no messages on the configured topics (bag is empty or unreadable)")
     obs_arrays, obs_lags = [], []
     for s in obs_series:
-        t, v = s.arrays()
-        obs_arrays.append((t, v[:, :-1]))
-        obs_lags.append(v[:, -1].astype(np.int64))
+        t, v, lag = s.arrays_aux()
+        obs_arrays.append((t, v))
+        obs_lags.append(lag)
     act_arrays = [s.arrays() for s in act_series] if has_actions else None
     bad = first_bad_value(
         list(cfg.observation) + (list(cfg.action) if has_actions else []),
