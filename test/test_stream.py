@@ -194,3 +194,19 @@ def test_every_streamed_command_passes_the_envelope_at_the_command_rate():
     stream.plan_once(t)
     kind, a = stream.next_command(t + 2 * MS)
     assert kind == "command" and np.all(np.abs(a) <= 1.0 * 2e-3 + 1e-12)
+
+
+def test_an_input_going_stale_between_policy_ticks_stops_the_stream_at_the_next_command():
+    clock = Clock()
+    loop, _ = make_loop(constant_policy([0.5, 0.5]), clock, watchdog_periods=2)
+    chunk_loop = CommandStream(loop, clock=clock, command_period_ns=2 * MS)
+    loop.on_message("/obs", Msg([0.1, 0.2, 0.3]), 0)
+    clock.t = 1 * MS
+    chunk_loop.plan_once(0)
+    assert chunk_loop.next_command(2 * MS)[0] == "command"
+    # No observation since t=0: past its maximum age (2 periods) the command side stops by itself,
+    # without waiting for the planner's next tick.
+    kind, stop = chunk_loop.next_command(21 * MS)
+    assert kind == "stop" and np.allclose(stop, 0)
+    assert chunk_loop.next_command(23 * MS) == ("none", None)
+    assert chunk_loop.input_stops == 1

@@ -25,7 +25,9 @@ replays what the robot should already have done.
 :class:`CommandStream` runs the planner thread around a :class:`~smiling_ros.control.loop.
 ControlLoop` (watchdog, e-stop, validation and clamping stay there): a tick that does not command
 (stale or invalid input, e-stop, policy error) clears the plan at once, and the loop's stop command
-(``stop_action``) is handed to the next command tick. Inference never runs on the command thread;
+(``stop_action``) is handed to the next command tick; an input that goes stale or invalid between
+two policy ticks is caught by the command tick itself (the plan is dropped and ``stop_action``
+sent at once). Inference never runs on the command thread;
 the command tick only takes a short lock to read the schedule.
 
 Every command the stream sends passes ``envelope`` (a :class:`~smiling_ros.control.envelope.
@@ -181,6 +183,7 @@ class CommandStream:
         self.envelope = envelope
         self._restart = True  # the envelope ramps in at the next command
         self.refused = 0  # commands the envelope refused (non-finite measured position)
+        self.input_stops = 0  # plans dropped by the command side because an input went bad
 
     # ---- the planner thread
     def start(self) -> None:
@@ -297,6 +300,17 @@ class CommandStream:
             stop, self._stop_cmd = self._stop_cmd, None
             return stop
 
+    def _input_fault(self, now_ns: int) -> bool:
+        """True when an observation field is stale, frozen or invalid now (checked at the command
+        rate, so a plan is not followed past its inputs' freshness until the next policy tick)."""
+        faults = getattr(self.loop.assembler, "faults", None)
+        if faults is None or getattr(self.loop, "fault_action", "stop") == "hold":
+            return False
+        try:
+            return bool(faults(now_ns))
+        except (RuntimeError, ValueError, TypeError, IndexError):  # read while a message is applied
+            return False
+
     def next_command(self, now_ns: int, points: bool = False) -> tuple[str, Any]:
         """What to send at ``now_ns``: ``("stop", action)`` (the loop's stop command, once),
         ``("command", action)`` or with ``points`` ``("command", (actions, times_s))``, or
@@ -305,6 +319,15 @@ class CommandStream:
             if self._stop_cmd is not None:
                 stop, self._stop_cmd = self._stop_cmd, None
                 return "stop", stop
+            if len(self.schedule) and self._input_fault(now_ns):
+                # An input went bad between two policy ticks: drop the plan and stop now; the
+                # loop's own fault handling follows at its next tick.
+                self.schedule.clear()
+                self._restart = True
+                self.input_stops += 1
+                if getattr(self.loop, "stop_action", "none") == "zero":
+                    return "stop", np.zeros(self.loop.act_dim, np.float64)
+                return "none", None
             if points:
                 acts, times = self.schedule.points(now_ns)
                 if len(acts):
@@ -353,4 +376,5 @@ class CommandStream:
             "plan_exhausted_ticks": self.exhausted,
             "stream_rate_limited": self.envelope.limited if self.envelope is not None else 0,
             "stream_refused": self.refused,
+            "stream_input_stops": self.input_stops,
         }
