@@ -31,7 +31,7 @@ def run(args) -> int:
     spec = args.checkpoint
     ckpt = None
     if spec not in ("scripted", "random"):
-        ckpt = load_checkpoint(spec)
+        ckpt = load_checkpoint(spec, require_integrity=True)  # verified before anything runs from it
         spec = str(ckpt.path)
     if args.config:
         cfg = load_config(args.config)

@@ -10,6 +10,7 @@ writes the CVAE as OUT.cvae.safetensors (reusable later as ``--source OUT.cvae.s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from smiling_ros.io.outputs import add_overwrite_argument
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = checkpoint_path(require_name(args.out))
     spec = args.source or sec.source
-    written = [sidecar(out), sibling(out, ".train.csv"), sibling(out, ".train.png"), sibling(out, ".eval.json")]
+    written = [Path(args.out), sidecar(out), sibling(out, ".train.csv"), sibling(out, ".train.png"), sibling(out, ".eval.json")]
     if spec == "cvae":
         written += [sibling(out, ".cvae.safetensors"), sibling(out, ".cvae.json"), sibling(out, ".cvae.csv"),
                     sibling(out, ".cvae.png")]

@@ -6,6 +6,7 @@ OUT.train.csv and OUT.train.png (losses against step).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from smiling_ros.io.outputs import add_overwrite_argument
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     dm = JointDiffusion.load(args.dm, ds.obs_dim, ds.act_dim) if args.dm and dcfg.lambda_dm > 0 else None
     out = checkpoint_path(require_name(args.out))
     log = log_path(out)
-    written = [sidecar(out), log, log.with_suffix(".png")]
+    written = [Path(args.out), sidecar(out), log, log.with_suffix(".png")]
     if dcfg.lambda_dm > 0 and dm is None:
         written += [sibling(out, ".dm.safetensors"), sibling(out, ".dm.json")]
     with prepare_output(out, "file", args.overwrite, also=written):

@@ -7,6 +7,7 @@ OUT.train.png; with ``--policy-out P`` also the ``mlp_policy`` P and P.train.csv
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from smiling_ros.io.outputs import add_overwrite_argument
 
@@ -55,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         log = log_path(out)
         stack.enter_context(prepare_output(out, "file", args.overwrite,
-                                           also=[sidecar(out), log, log.with_suffix(".png")]))
+                                           also=[Path(args.out), sidecar(out), log, log.with_suffix(".png")]))
         if pout is not None:
             if pout == out:
                 raise UserError(f"--policy-out: {pout} is also --out; give the policy another name")
             plog = log_path(pout)
             stack.enter_context(prepare_output(pout, "file", args.overwrite, what="--policy-out",
-                                               also=[sidecar(pout), plog, plog.with_suffix(".png")]))
+                                               also=[Path(args.policy_out), sidecar(pout), plog, plog.with_suffix(".png")]))
         return _train(args, cfg, dcfg, ds, out, pout)
 
 

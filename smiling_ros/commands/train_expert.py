@@ -5,6 +5,7 @@ goes to ``--run-dir`` (default: CKPT without suffix + ``_run/``)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from smiling_ros.io.outputs import add_overwrite_argument
 
@@ -42,7 +43,7 @@ def run(args) -> int:
     run_dir = require_name(args.run_dir, "--run-dir") if args.run_dir is not None else sibling(out, "_run")
     steps = args.steps if args.steps is not None else ex.steps
     with contextlib.ExitStack() as stack:
-        stack.enter_context(prepare_output(out, "file", args.overwrite, also=[sidecar(out)]))
+        stack.enter_context(prepare_output(out, "file", args.overwrite, also=[Path(args.out), sidecar(out)]))
         stack.enter_context(prepare_output(run_dir, "dir", args.overwrite, resume=args.resume, what="--run-dir"))
         return _train(args, cfg, ex, out, run_dir, steps, run_loop)
 

@@ -196,7 +196,13 @@ class Dataset:
         old = out.with_name(f".{out.name}.old")
         try:
             os.chmod(tmp, public_mode(directory=True))
-            save_file(tensors, str(tmp / "data.safetensors"))
+            try:
+                save_file(tensors, str(tmp / "data.safetensors"))
+            except (OSError, UserError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors (a full disk) as its own type
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"{out}: cannot write dataset ({text})") from None
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             for name in ("data.safetensors", "meta.json"):  # on disk, with a checkpoint's mode, before the rename
                 os.chmod(tmp / name, public_mode())

@@ -167,9 +167,9 @@ class _Lock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | os.O_NOFOLLOW, 0o644)
             except OSError as exc:
-                raise os_error(exc, self.output.parent if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
-                               else self.path, "write here" if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
-                               else "create lock file") from None
+                if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                    raise os_error(exc, self.output, f"write it (in {self.output.parent or '.'})") from None
+                raise os_error(exc, self.output, f"create its lock file {self.path.name}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -232,13 +232,23 @@ class Output:
         return now is not None and now != self._before
 
     def discard_partial(self) -> None:
-        """After a failure: a file output that was never written leaves none of the files beside it
-        that this run created (logs of a run without its checkpoint)."""
+        """After a failure, remove what this run created that no checkpoint backs: beside a file
+        output that was never written, the files listed in ``also`` that this run created (logs of
+        a run without its checkpoint); a directory output this run created that holds no
+        checkpoint (``*.safetensors``) yet, with everything in it (nothing else wrote there: it
+        was locked). A directory holding a checkpoint is kept (``--resume`` continues from it)."""
         if self.kind == "file" and not self.written():
             for p in self._new_also:
                 with contextlib.suppress(OSError):
                     if os.path.isfile(p) and not os.path.islink(p):
                         os.unlink(p)
+        elif self.kind == "dir" and not self.existed:
+            with contextlib.suppress(OSError):
+                if os.path.isdir(self.path) and not os.path.islink(self.path) \
+                        and not any(self.path.rglob("*.safetensors")):
+                    import shutil
+
+                    shutil.rmtree(self.path)
 
     def file(self, name: str | Path) -> Path:
         """A path inside a directory output (``name`` relative), or ``name`` itself when absolute."""

@@ -205,7 +205,12 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     integrity = json.dumps(_integrity(flat))
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata={_META_KEY: doc, _INTEGRITY_KEY: integrity})
+        try:
+            save_file(flat, str(tmp), metadata={_META_KEY: doc, _INTEGRITY_KEY: integrity})
+        except (OSError, UserError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors (a full disk) as its own type
+            raise UserError(f"{path}: cannot write ({_first_line(exc)})") from None
     atomic_write_text(sidecar(path), json.dumps(meta, indent=1, default=_json_default))
     return path
 
