@@ -290,6 +290,11 @@ def max_step(commands) -> float:
     return float(np.abs(np.diff(a, axis=0)).max())
 
 
+def max_jerk(commands) -> float:
+    a = np.array(commands)
+    return float(np.abs(np.diff(a, n=2, axis=0)).max())
+
+
 def test_chunked_stream_succeeds_like_single_actions_with_smaller_command_steps(tmp_path, ros_env):
     bc, chunked = tmp_path / "bc.safetensors", tmp_path / "bridger_chunk4.safetensors"
     clone_expert(bc)
@@ -311,6 +316,8 @@ def test_chunked_stream_succeeds_like_single_actions_with_smaller_command_steps(
     assert len(chunk_cmds) > 3 * len(single_cmds) > 300
     assert all(np.all(np.abs(a) <= 1.0) and np.all(np.isfinite(a)) for a in chunk_cmds)
     assert max_step(chunk_cmds) < max_step(single_cmds), (max_step(chunk_cmds), max_step(single_cmds))
+    # ... and changes its steps less abruptly (second difference per command: a jerk proxy).
+    assert max_jerk(chunk_cmds) < max_jerk(single_cmds), (max_jerk(chunk_cmds), max_jerk(single_cmds))
 
 
 def test_sim_node_follows_a_streamed_trajectory_to_the_target(tmp_path, ros_env):
