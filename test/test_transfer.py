@@ -67,7 +67,8 @@ def test_announced_file_must_match_its_hash(ckpt):
     with pytest.raises(UserError, match="does not match the announced sha256"):
         transfer.verify_file(ann["path"], ann["sha256"], 10_000_000)
     assert transfer.parse_announcement(" /a/b.safetensors\n") == {"path": "/a/b.safetensors", "sha256": None,
-                                                                  "name": None}
+                                                                  "name": None, "transfer": False}
+    assert transfer.parse_announcement(transfer.announcement(ckpt, header, transfer=True))["transfer"] is True
 
 
 # --------------------------------------------------------------------------- two machines over DDS
@@ -92,25 +93,25 @@ def test_controller_swaps_to_a_transferred_checkpoint_and_refuses_a_tampered_one
     ctl = subprocess.Popen(cmd, env=env, cwd=robot_dir, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         harness.obs = np.array([0.3, -0.2, 0.1])
-        harness.wait_for(lambda: len(harness.since(0)) >= 5, 40, "first commands from controller_node")
+        harness.wait_for(lambda: len(harness.since(0)) >= 5, 90, "first commands from controller_node")
         assert not any(np.allclose(a, B_OUTPUT, atol=1e-6) for _, a in harness.since(0))
         # The trainer announces B with its bytes and deletes its file right after.
         trainer = subprocess.Popen(
             [sys.executable, "-c", "import sys; from smiling_ros.cli import main; sys.exit(main())", "announce",
-             "b.safetensors", "--wait", "30"],
+             "b.safetensors", "--wait", "90"],
             env=env, cwd=trainer_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = trainer.stdout.readline()
         for f in ("b.safetensors", "b.json"):
             (trainer_dir / f).unlink()
         assert line.startswith("announced b.safetensors"), line + trainer.stdout.read()
         t0 = time.monotonic()
-        harness.wait_for(lambda: [a for _, a in harness.since(t0) if np.allclose(a, B_OUTPUT, atol=1e-6)], 30,
+        harness.wait_for(lambda: [a for _, a in harness.since(t0) if np.allclose(a, B_OUTPUT, atol=1e-6)], 90,
                          "policy B's actions after the transfer")
-        assert trainer.wait(30) == 0
+        assert trainer.wait(120) == 0
         stored = list((robot_dir / "cache").glob("*-b.safetensors"))
         assert len(stored) == 1
         text = log.read_text()
-        assert "is not on this machine; waiting for its transfer" in text and "swapped" in text
+        assert "sent with its bytes; waiting for its transfer" in text and "swapped" in text
         # A tampered transfer (policy A's bytes with one bit flipped, header unchanged) is refused.
         from std_msgs.msg import UInt8MultiArray
 
@@ -119,11 +120,11 @@ def test_controller_swaps_to_a_transferred_checkpoint_and_refuses_a_tampered_one
         wire[-64] ^= 0x01
         pub = harness.node.create_publisher(UInt8MultiArray, "/smiling_ros/policy/checkpoint", BLOB)
         pub.publish(UInt8MultiArray(data=array.array("B", wire)))
-        harness.wait_for(lambda: "does not match its sha256" in log.read_text(), 20, "the refusal in the log")
+        harness.wait_for(lambda: "does not match its sha256" in log.read_text(), 60, "the refusal in the log")
         refusal = [ln for ln in log.read_text().splitlines() if "hot swap refused" in ln][-1]
         assert "tampered" in refusal and "keeping" in refusal and "-b.safetensors" in refusal
         t1 = time.monotonic()
-        harness.wait_for(lambda: len(harness.since(t1)) >= 5, 10, "commands after the refusal")
+        harness.wait_for(lambda: len(harness.since(t1)) >= 5, 30, "commands after the refusal")
         assert all(np.allclose(a, B_OUTPUT, atol=1e-6) for _, a in harness.since(t1))
         assert not list((robot_dir / "cache").glob("*-a.safetensors"))  # nothing of it was stored
     finally:

@@ -126,9 +126,11 @@ def store(header: Header, data: Any, directory: str | Path) -> Path:
     return target
 
 
-def announcement(path: str | Path, header: Header) -> str:
-    """The JSON announcement of a checkpoint file (path for a shared disk, plus its hash)."""
-    return json.dumps({"path": str(Path(path).resolve()), **header.to_dict()}, sort_keys=True)
+def announcement(path: str | Path, header: Header, transfer: bool = False) -> str:
+    """The JSON announcement of a checkpoint file (path for a shared disk, plus its hash);
+    ``transfer``: its bytes are sent too, and a controller loads those (never the path)."""
+    return json.dumps({"path": str(Path(path).resolve()), **header.to_dict(), "transfer": bool(transfer)},
+                      sort_keys=True)
 
 
 def parse_announcement(text: str) -> dict[str, Any]:
@@ -143,8 +145,9 @@ def parse_announcement(text: str) -> dict[str, Any]:
         if not isinstance(d, dict) or not isinstance(d.get("path", ""), str):
             raise UserError("policy announcement: expected a JSON object with 'path'")
         sha = d.get("sha256")
-        return {"path": d.get("path", ""), "sha256": str(sha).lower() if sha else None, "name": d.get("name")}
-    return {"path": t, "sha256": None, "name": None}
+        return {"path": d.get("path", ""), "sha256": str(sha).lower() if sha else None, "name": d.get("name"),
+                "transfer": d.get("transfer") is True}
+    return {"path": t, "sha256": None, "name": None, "transfer": False}
 
 
 def verify_file(path: str | Path, sha256: Optional[str], max_bytes: int) -> None:

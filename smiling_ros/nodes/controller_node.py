@@ -37,8 +37,9 @@ Interfaces (names relative to the node, ``~``):
     <topics.episode>          std_msgs/String episode markers: a "start" resets the policy's state
                               (observation window, action chunk) before the next tick.
     <topics.policy>           std_msgs/String with a checkpoint path, or a JSON announcement with
-                              path and sha256 (the file is hash-checked; one not on this machine
-                              is awaited on .../checkpoint): loaded on a background thread and
+                              path and sha256 (the file is hash-checked; one sent with its bytes
+                              or not on this machine is awaited on .../checkpoint): loaded on a
+                              background thread and
                               swapped in between two ticks; a checkpoint for another robot is
                               refused and the old policy kept.
     <topics.policy>/checkpoint
@@ -442,8 +443,10 @@ class ControllerNode(LifecycleNode):
         path = ann["path"]
         if not path or self._loader is None:
             return
-        if ann["sha256"] and not Path(path).exists():
-            self.get_logger().info(f"policy announced: {path} is not on this machine; waiting for its transfer "
+        if ann["transfer"] or (ann["sha256"] and not Path(path).exists()):
+            # Its bytes come on .../checkpoint: those are loaded, never a path on another machine.
+            where = "sent with its bytes" if ann["transfer"] else "not on this machine"
+            self.get_logger().info(f"policy announced: {path} {where}; waiting for its transfer "
                                    f"on {blob_topic(self.settings.policy_topic)}")
             return
         self.get_logger().info(f"policy announced: {path}; loading")

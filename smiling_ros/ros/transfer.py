@@ -3,8 +3,8 @@
 Topics (``policy_topic`` from the config's ``topics.policy``):
 
 - ``<policy_topic>`` std_msgs/String, EVENTS QoS: a JSON announcement ``{"path", "name", "size",
-  "sha256"}`` (a bare path is still accepted). On one machine the controller loads ``path`` after
-  checking its hash.
+  "sha256", "transfer"}`` (a bare path is still accepted). Without ``transfer`` the controller
+  loads ``path`` after checking its hash (one machine); with it, it waits for the bytes.
 - ``<policy_topic>/checkpoint`` std_msgs/UInt8MultiArray, reliable, transient local, depth 1: the
   checkpoint itself (magic, JSON header, bytes). A controller on another machine stores it after
   checking size and SHA-256 and loads the stored copy. Transient local: a controller that starts
@@ -49,7 +49,7 @@ class CheckpointAnnouncer:
             msg = self._Blob()
             msg.data = array.array("B", transfer.encode(header, data))
             self.blob_pub.publish(msg)
-        self.pub.publish(self._String(data=transfer.announcement(path, header)))
+        self.pub.publish(self._String(data=transfer.announcement(path, header, self.blob_pub is not None)))
         return header
 
     def publishers(self) -> list[Any]:
