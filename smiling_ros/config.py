@@ -193,6 +193,15 @@ def positive(value: float, where: str, name: str, allow_zero: bool = False) -> N
         raise UserError(f"{at(where, name)}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def one_of(value: Any, choices: Any, where: str, name: str) -> None:
+    """Choice check helper for ``validate`` methods: ``'a' or 'b', got 'c'`` (or ``one of a, b, c``)."""
+    choices = tuple(choices)
+    if value not in choices:
+        allowed = (" or ".join(f"'{c}'" for c in choices) if len(choices) <= 2
+                   else "one of " + ", ".join(str(c) for c in choices))
+        raise UserError(f"{at(where, name)}: {allowed}, got '{value}'")
+
+
 # --------------------------------------------------------------------------- foundation sections
 STAMP_SOURCES = ("header", "receive")
 ALIGN_RULES = ("asof", "hold")

@@ -67,49 +67,38 @@ def run(args: argparse.Namespace) -> int:
         written += [sibling(out, ".cvae.safetensors"), sibling(out, ".cvae.json"), sibling(out, ".cvae.csv"),
                     sibling(out, ".cvae.png")]
     from smiling_ros.data.dataset import Dataset
+    from smiling_ros.methods.bridger.train import make_source
 
     ds = Dataset.load(args.dataset)
     ds.require_actions("train-bridger")
     task = ds.meta.get("task") or ""
     if task and cfg.task.env and task != cfg.task.env:
         raise UserError(f"{args.dataset}: recorded for task '{task}', but {cfg.path} is for '{cfg.task.env}'")
+    # every source but the CVAE (trained with the policy) is built and checked before anything is written
+    source = spec if spec == "cvae" else make_source(spec, ds, cfg, sec, seed=seed, device=device)
     with prepare_output(out, "file", args.overwrite, also=written) as output:
-        return _run(args, cfg, sec, episodes, seed, device, output.path, spec, ds, task)
+        return _run(args, cfg, sec, episodes, seed, device, output.path, spec, source, ds)
 
 
-def _run(args, cfg, sec, episodes, seed, device, out, spec, ds, task) -> int:
-    import json
+def _run(args, cfg, sec, episodes, seed, device, out, spec, source, ds) -> int:
+    from smiling_ros.methods.bridger.train import fit
 
-    from smiling_ros.io.outputs import sibling
-    from smiling_ros.learn.checkpoint import atomic_write_text
-    from smiling_ros.methods.bridger.train import action_bounds, evaluate_steps, make_source, train_bridger
-
-    low, high, bounds_from = action_bounds(cfg, ds)
-    progress = not args.no_progress
     print(f"train-bridger: {ds.num_episodes} episodes, {len(ds.obs)} steps, obs {ds.obs_dim}, act {ds.act_dim}; "
-          f"source {spec}; bounds from {bounds_from}; device {device}")
-    source = make_source(spec, ds, cfg, sec, seed=seed, out=out, progress=progress, device=device)
-    policy = train_bridger(ds, source, sec, low, high, seed=seed, progress=progress,
-                           log_path=sibling(out, ".train.csv"), device=device,
-                           meta={"task": task or cfg.task.env, "config": cfg.to_dict(), "source_spec": spec})
-    path = policy.save(out)
-    print(f"train-bridger: wrote {path} (log {sibling(out, '.train.csv')}, plot {sibling(out, '.train.png')})")
-
-    if episodes and cfg.task.env:
-        from smiling_ros.envs import ARM_REACH, make_env_from_config, passing_side
-
-        side_fn = passing_side if cfg.task.env == ARM_REACH else None
-        rows = evaluate_steps(policy, lambda: make_env_from_config(cfg), list(sec.eval_steps), episodes,
-                              seed=seed + 10_000, side_fn=side_fn, progress=progress)
-        atomic_write_text(sibling(out, ".eval.json"),
-                          json.dumps({"checkpoint": str(path), "source": source.name, "results": rows}, indent=1))
-        print(f"{'steps':>5} {'success':>8} {'return':>14}" + ("  sides (L/R/none)" if side_fn else ""))
+          f"source {spec}; device {device}")
+    res = fit(cfg, ds, out=out, section=sec, source=source, seed=seed, device=device,
+              eval_episodes=episodes if cfg.task.env else 0, progress=not args.no_progress)
+    print(f"train-bridger: wrote {res.policy} (bounds from {res.summary['bounds_from']}; log {res.files['log']}, "
+          f"plot {res.files['log'].with_suffix('.png')})")
+    rows = res.summary["eval"]
+    if rows:
+        side = "sides" in rows[0]
+        print(f"{'steps':>5} {'success':>8} {'return':>14}" + ("  sides (L/R/none)" if side else ""))
         for r in rows:
             sr = "-" if r["success_rate"] is None else f"{r['success_rate']:.2f}"
             line = f"{r['steps']:>5} {sr:>8} {r['mean_return']:>8.2f}±{r['std_return']:<5.2f}"
-            if side_fn:
+            if side:
                 s = r["sides"]
                 line += f"  {s['left']}/{s['right']}/{s['none']}"
             print(line)
-        print(f"train-bridger: evaluation in {sibling(out, '.eval.json')}")
+        print(f"train-bridger: evaluation in {res.files['eval']}")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smiling_ros.io.outputs import add_overwrite_argument
+from smiling_ros.commands import add_offline_arguments, offline_inputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,47 +23,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use L_agent alone instead of max(L_agent - L_expert, 0) (ablation)")
     p.add_argument("--dm", default=None, help="reuse a trained joint diffusion model (OUT.dm.safetensors of a run)")
     p.add_argument("--episodes", type=int, default=None, help="use only the first N episodes of the dataset")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: config seed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_overwrite_argument(p)
+    add_offline_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from smiling_ros.config import load_config
-    from smiling_ros.data.dataset import Dataset
-    from smiling_ros.errors import UserError
     from smiling_ros.io.outputs import prepare_output, require_name, sibling
-    from smiling_ros.learn.bounds import action_bounds
     from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
-    from smiling_ros.learn.common import check_dataset_dims
     from smiling_ros.learn.logger import log_path
     from smiling_ros.methods.dbc.train import DBCConfig, JointDiffusion
 
-    cfg = load_config(args.config)
-    dcfg = cfg.section(DBCConfig, "dbc")
-    over: dict[str, object] = {}
-    if args.steps is not None:
-        over["steps"] = args.steps
-    if args.dm_steps is not None:
-        over["dm_steps"] = args.dm_steps
-    if args.lambda_dm is not None:
-        over["lambda_dm"] = args.lambda_dm
-    if args.no_dm:
-        over["lambda_dm"] = 0.0
-    if args.no_normalize_dm:
-        over["normalize_dm"] = False
-    dcfg = dataclasses.replace(dcfg, **over)  # type: ignore[arg-type]
-    dcfg.validate("command line")
-    ds = Dataset.load(args.dataset)
-    if args.episodes is not None:
-        if args.episodes < 1:
-            raise UserError(f"--episodes: must be >= 1, got {args.episodes}")
-        ds = ds.subset(args.episodes)
-    ds.require_actions("train-dbc")
-    check_dataset_dims(ds, cfg)
-    action_bounds(cfg, ds)  # refused here, before anything is written
+    lam = 0.0 if args.no_dm else args.lambda_dm
+    cfg, dcfg, ds = offline_inputs(args, DBCConfig, "dbc", {
+        "steps": args.steps, "dm_steps": args.dm_steps, "lambda_dm": lam,
+        "normalize_dm": False if args.no_normalize_dm else None})
     dm = JointDiffusion.load(args.dm, ds.obs_dim, ds.act_dim) if args.dm and dcfg.lambda_dm > 0 else None
     out = checkpoint_path(require_name(args.out))
     log = log_path(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smiling_ros.io.outputs import add_overwrite_argument
+from smiling_ros.commands import add_offline_arguments, offline_inputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,35 +22,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-out", default=None, help="also train TD3+BC with DyDiff rollouts; write this mlp_policy")
     p.add_argument("--offline-steps", type=int, default=None, help="TD3+BC steps (default: dydiff.td3bc.steps)")
     p.add_argument("--no-rollouts", action="store_true", help="TD3+BC on the real data only (the ablation)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: config seed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_overwrite_argument(p)
+    add_offline_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import contextlib
-    import dataclasses
 
-    from smiling_ros.config import load_config
-    from smiling_ros.data.dataset import Dataset
     from smiling_ros.errors import UserError
     from smiling_ros.io.outputs import prepare_output, require_name
-    from smiling_ros.learn.bounds import action_bounds
     from smiling_ros.learn.checkpoint import checkpoint_path, sidecar
-    from smiling_ros.learn.common import check_dataset_dims
     from smiling_ros.learn.logger import log_path
     from smiling_ros.methods.dydiff.train import DyDiffConfig
 
-    cfg = load_config(args.config)
-    dcfg = cfg.section(DyDiffConfig, "dydiff")
-    over = {k: v for k, v in (("steps", args.steps), ("ensemble_steps", args.ensemble_steps),
-                              ("horizon", args.horizon)) if v is not None}
-    dcfg = dataclasses.replace(dcfg, **over)
-    dcfg.validate("command line")
-    ds = Dataset.load(args.dataset)
-    ds.require_actions("train-dydiff")
-    check_dataset_dims(ds, cfg)
-    action_bounds(cfg, ds)  # refused here, before anything is written
+    cfg, dcfg, ds = offline_inputs(args, DyDiffConfig, "dydiff", {
+        "steps": args.steps, "ensemble_steps": args.ensemble_steps, "horizon": args.horizon})
     out = checkpoint_path(require_name(args.out))
     pout = checkpoint_path(require_name(args.policy_out, "--policy-out")) if args.policy_out is not None else None
     with contextlib.ExitStack() as stack:

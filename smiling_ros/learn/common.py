@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -17,6 +17,19 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def offline_inputs(cfg: Any, dataset: Dataset, verb: str, seed: Optional[int] = None
+                   ) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """What an offline trainer needs from its config and (s, a) dataset, checked: (action low, high,
+    the seed (``seed``, else the config's), the task name). Refuses a dataset without actions or of
+    another task, and bad action bounds (:func:`smiling_ros.learn.bounds.action_bounds`)."""
+    from smiling_ros.learn.bounds import action_bounds
+
+    dataset.require_actions(verb)
+    check_dataset_dims(dataset, cfg)
+    low, high, _ = action_bounds(cfg, dataset)
+    return low, high, int(cfg.seed if seed is None else seed), str(dataset.meta.get("task") or cfg.task.env)
 
 
 def check_dataset_dims(ds: Dataset, cfg: Optional[Config]) -> None:

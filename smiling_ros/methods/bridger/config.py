@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from smiling_ros.config import positive
+from smiling_ros.config import one_of, positive
 from smiling_ros.errors import UserError
 from smiling_ros.methods.bridger.interpolants import EPS_KINDS, KINDS, Interpolant
 from smiling_ros.methods.bridger.nets import check_activation
@@ -58,12 +58,9 @@ class BridgerConfig:
     cvae: CvaeConfig = field(default_factory=CvaeConfig)
 
     def validate(self, where: str) -> None:
-        if self.interpolant not in KINDS:
-            raise UserError(f"{where}.interpolant: '{self.interpolant}' is not one of {', '.join(KINDS)}")
-        if self.eps not in EPS_KINDS:
-            raise UserError(f"{where}.eps: '{self.eps}' is not one of {', '.join(EPS_KINDS)}")
-        if self.clock not in CLOCKS:
-            raise UserError(f"{where}.clock: '{self.clock}' is not one of {', '.join(CLOCKS)}")
+        one_of(self.interpolant, KINDS, where, "interpolant")
+        one_of(self.eps, EPS_KINDS, where, "eps")
+        one_of(self.clock, CLOCKS, where, "clock")
         check_activation(self.activation, f"{where}.activation")
         positive(self.noise_scale, where, "noise_scale")
         for name in ("steps", "obs_window", "chunk", "train_steps", "batch_size", "source_samples", "log_every"):

@@ -19,7 +19,7 @@ from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
 from smiling_ros.io.outputs import sibling
 from smiling_ros.learn.bounds import action_bounds
-from smiling_ros.learn.fit import Fit, Optim
+from smiling_ros.learn.fit import Fit, Optim, TrainResult
 from smiling_ros.learn.logger import RunLogger
 from smiling_ros.learn.plots import plot_rows
 from smiling_ros.methods.bridger.config import BridgerConfig, CvaeConfig, load_section
@@ -28,7 +28,7 @@ from smiling_ros.methods.bridger.policy import BridgerPolicy
 from smiling_ros.methods.bridger.sources import CVAE, CvaePolicy, GaussianSource, HeuristicSource, PolicySource, Source
 
 __all__ = ["BridgerConfig", "CvaeConfig", "action_bounds", "evaluate_steps", "load_section", "make_source",
-           "train_bridger", "train_cvae", "training_arrays"]
+           "fit", "train_bridger", "train_cvae", "training_arrays"]
 
 SOURCES = ("gaussian", "cvae", "heuristic")
 
@@ -256,3 +256,49 @@ def evaluate_steps(policy: BridgerPolicy, env_fn: Callable[[], Any], steps_list:
         policy.steps = keep
         env.close()
     return out
+
+
+def fit(cfg: Any, dataset: Dataset, *, out: str | Path, env_fn: Optional[Callable[[], Any]] = None,
+        callback: Optional[Callable[[dict], Any]] = None, section: Optional[BridgerConfig] = None,
+        source: Optional[str | Source] = None, seed: Optional[int] = None, device: str | torch.device = "cpu",
+        eval_episodes: int = 0, progress: bool = True) -> TrainResult:
+    """``train-bridger``: the BRIDGER checkpoint ``out`` (self-contained: the source is embedded), its log
+    ``OUT.train.csv``/``.png`` and, with ``eval_episodes`` and a simulator (``env_fn``, else the config's
+    task), ``OUT.eval.json`` (success / return per step count of ``bridger.eval_steps``). ``source``: a
+    spec (gaussian | cvae | heuristic | checkpoint path; default ``bridger.source``) or a built source;
+    ``cvae`` also writes ``OUT.cvae.safetensors``. ``callback({'step', 'metrics'})`` at every log row."""
+    import json
+
+    from smiling_ros.io.outputs import atomic_write_text
+    from smiling_ros.learn.checkpoint import checkpoint_path
+    from smiling_ros.learn.logger import log_path
+
+    sec = section if section is not None else load_section(cfg)
+    dataset.require_actions("train-bridger")
+    low, high, bounds_from = action_bounds(cfg, dataset)
+    out = checkpoint_path(out)
+    seed = int(cfg.seed if seed is None else seed)
+    spec = source if source is not None else sec.source
+    src = make_source(spec, dataset, cfg, sec, seed=seed, out=out, progress=progress, device=device) \
+        if isinstance(spec, str) else spec
+    on_log = None if callback is None else (lambda step, row: callback({"step": step, "metrics": row}))
+    policy = train_bridger(dataset, src, sec, low, high, seed=seed, progress=progress, log_path=log_path(out),
+                           device=device, callback=on_log,
+                           meta={"task": dataset.meta.get("task") or cfg.task.env, "config": cfg.to_dict(),
+                                 "source_spec": spec if isinstance(spec, str) else src.name})
+    path = policy.save(out)
+    files = {"policy": path, "log": log_path(out)}
+    summary: dict[str, Any] = {"source": src.name, "bounds_from": bounds_from, "eval": None}
+    if eval_episodes and (env_fn is not None or cfg.task.env):
+        from smiling_ros.envs import ARM_REACH, make_env_from_config, passing_side
+
+        side_fn = passing_side if cfg.task.env == ARM_REACH else None
+        rows = evaluate_steps(policy, env_fn or (lambda: make_env_from_config(cfg)), list(sec.eval_steps),
+                              eval_episodes, seed=seed + 10_000, side_fn=side_fn, progress=progress)
+        files["eval"] = sibling(out, ".eval.json")
+        atomic_write_text(files["eval"], json.dumps({"checkpoint": str(path), "source": src.name, "results": rows},
+                                                    indent=1))
+        summary["eval"] = rows
+    if callback is not None:
+        callback({"step": sec.train_steps, "checkpoint": str(path)})
+    return TrainResult(path, files, summary)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from smiling_ros.config import positive
+from smiling_ros.config import one_of, positive
 from smiling_ros.errors import UserError
 
 
@@ -36,7 +36,6 @@ class DBCConfig:
             positive(getattr(self, name), where, name, allow_zero=True)
         positive(self.lr, where, "lr")
         positive(self.dm_lr, where, "dm_lr")
-        if self.schedule not in ("linear", "cosine"):
-            raise UserError(f"{where}.schedule: 'linear' or 'cosine', got '{self.schedule}'")
+        one_of(self.schedule, ("linear", "cosine"), where, "schedule")
         if not self.hidden:
             raise UserError(f"{where}.hidden: at least one hidden layer")

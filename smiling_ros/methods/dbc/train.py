@@ -143,17 +143,12 @@ def fit(cfg: Any, dataset: Dataset, *, out: str | Path, env_fn: Any = None, call
     ran here, ``OUT.dm.safetensors``. ``dm`` reuses a stage-1 model (a path or one loaded).
     ``env_fn`` is unused (offline); ``callback({'step', 'metrics'})`` at every log row."""
     from smiling_ros.io.outputs import sibling
-    from smiling_ros.learn.bounds import action_bounds
     from smiling_ros.learn.checkpoint import checkpoint_path
-    from smiling_ros.learn.common import check_dataset_dims
+    from smiling_ros.learn.common import offline_inputs
 
     sec = section if section is not None else cfg.section(DBCConfig, "dbc")
-    dataset.require_actions("train-dbc")
-    check_dataset_dims(dataset, cfg)
-    low, high, _ = action_bounds(cfg, dataset)
+    low, high, seed, task = offline_inputs(cfg, dataset, "train-dbc", seed)
     out = checkpoint_path(out)
-    seed = cfg.seed if seed is None else int(seed)
-    task = dataset.meta.get("task") or cfg.task.env
     frozen = None
     if dm is not None and sec.lambda_dm > 0:
         frozen = dm if isinstance(dm, JointDiffusion) else JointDiffusion.load(dm, dataset.obs_dim, dataset.act_dim)

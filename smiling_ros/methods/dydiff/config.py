@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from smiling_ros.config import positive
+from smiling_ros.config import one_of, positive
 from smiling_ros.errors import UserError
 
 
@@ -77,9 +77,6 @@ class DyDiffConfig:
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise UserError(f"{where}.{name}: must be in [0, 1], got {v}")
-        if self.schedule not in ("linear", "cosine"):
-            raise UserError(f"{where}.schedule: 'linear' or 'cosine', got '{self.schedule}'")
-        if self.predict not in ("x0", "eps"):
-            raise UserError(f"{where}.predict: 'x0' or 'eps', got '{self.predict}'")
-        if self.reward not in ("auto", "learned", "cost"):
-            raise UserError(f"{where}.reward: 'auto', 'learned' or 'cost', got '{self.reward}'")
+        one_of(self.schedule, ("linear", "cosine"), where, "schedule")
+        one_of(self.predict, ("x0", "eps"), where, "predict")
+        one_of(self.reward, ("auto", "learned", "cost"), where, "reward")

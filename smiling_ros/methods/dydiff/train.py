@@ -256,17 +256,12 @@ def fit(cfg: Any, dataset: Dataset, *, out: str | Path, env_fn: Any = None, call
     ``cfg``'s ``dydiff`` section (or ``section``); with ``policy_out`` also TD3+BC on the data and (with
     ``rollouts``) DyDiff rollouts into that ``mlp_policy``, which is then the result's policy. ``env_fn``
     is unused (offline); ``callback({'step', 'checkpoint'})`` once per file written."""
-    from smiling_ros.learn.bounds import action_bounds
     from smiling_ros.learn.checkpoint import checkpoint_path
-    from smiling_ros.learn.common import check_dataset_dims
+    from smiling_ros.learn.common import offline_inputs
 
     sec = section if section is not None else cfg.section(DyDiffConfig, "dydiff")
-    dataset.require_actions("train-dydiff")
-    check_dataset_dims(dataset, cfg)
-    low, high, _ = action_bounds(cfg, dataset)
+    low, high, seed, task = offline_inputs(cfg, dataset, "train-dydiff", seed)
     out = checkpoint_path(out)
-    seed = cfg.seed if seed is None else int(seed)
-    task = dataset.meta.get("task") or cfg.task.env
     wm = train_world_model(dataset, sec, low, high, seed=seed, log_path=log_path(out), progress=progress,
                            meta={"task": task, "dataset": str(dataset.meta.get("path", ""))},
                            max_episode_steps=cfg.task.max_episode_steps)

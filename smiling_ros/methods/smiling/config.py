@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from smiling_ros.config import positive
+from smiling_ros.config import one_of, positive
 from smiling_ros.errors import UserError
 
 
@@ -121,12 +121,9 @@ class SmilingSection:
     bc: BcSection = field(default_factory=BcSection)
 
     def validate(self, where: str) -> None:
-        if self.variant not in ("state", "state_action"):
-            raise UserError(f"{where}.variant: 'state' or 'state_action', got '{self.variant}'")
-        if self.schedule not in ("linear", "cosine"):
-            raise UserError(f"{where}.schedule: 'linear' or 'cosine', got '{self.schedule}'")
-        if self.timesteps not in ("stratified", "grid"):
-            raise UserError(f"{where}.timesteps: 'stratified' or 'grid', got '{self.timesteps}'")
+        one_of(self.variant, ("state", "state_action"), where, "variant")
+        one_of(self.schedule, ("linear", "cosine"), where, "schedule")
+        one_of(self.timesteps, ("stratified", "grid"), where, "timesteps")
         for name in ("total_steps", "T", "K", "score_hidden", "score_layers", "score_lr", "score_batch",
                      "learner_every", "learner_states", "learner_fifo", "min_demo_states", "eval_every",
                      "checkpoint_every", "log_every"):

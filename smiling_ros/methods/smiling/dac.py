@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smiling_ros.data.dataset import Normalizer
-from smiling_ros.errors import UserError
+from smiling_ros.learn.fit import Fit, Optim
 from smiling_ros.learn.nets import mlp
 
 CLIP = 10.0
@@ -46,7 +46,8 @@ class DacReward:
         self.x_expert = np.asarray(x_expert, np.float32)
         self.normalizer = Normalizer.fit(self.x_expert)
         self.disc = Discriminator(self.x_expert.shape[1], self.dac.hidden, self.dac.layers).to(device)
-        self.opt = torch.optim.Adam(self.disc.parameters(), lr=self.dac.lr)
+        self.trainer = Fit(self.disc, self._loss, Optim(self.dac.lr), 0, name="DAC discriminator", progress=False)
+        self.opt = self.trainer.opt
         self.rounds = 0
         self.metrics: dict[str, float] = {}
         self._gen = torch.Generator().manual_seed(seed + 2)
@@ -55,6 +56,19 @@ class DacReward:
     def _norm(self, x):
         n = self.normalizer.normalize(x)
         return n.clamp(-CLIP, CLIP) if isinstance(n, torch.Tensor) else np.clip(n, -CLIP, CLIP)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logistic loss (expert 1, learner 0) plus the gradient penalty on random interpolates."""
+        e, lrn = batch
+        de, dl = self.disc(e), self.disc(lrn)
+        bce = F.binary_cross_entropy_with_logits(de, torch.ones_like(de)) + \
+            F.binary_cross_entropy_with_logits(dl, torch.zeros_like(dl))
+        alpha = torch.rand(e.shape[0], 1, generator=self._gen).to(self.device)
+        mix = (alpha * e + (1 - alpha) * lrn).requires_grad_(True)
+        grad = torch.autograd.grad(self.disc(mix).sum(), mix, create_graph=True)[0]
+        gp = ((grad.norm(dim=1) - 1) ** 2).mean()
+        acc = ((de > 0).float().mean() + (dl < 0).float().mean()).detach() / 2
+        return {"loss": bce + self.dac.grad_penalty * gp, "bce": bce, "gp": gp, "acc": acc}
 
     def setup(self, progress: bool = False) -> None:
         pass
@@ -81,26 +95,12 @@ class DacReward:
 
         xl = torch.as_tensor(self._norm(recent_rows(buffer, self.opts.learner_fifo, self.variant)), device=self.device)
         bs = self.dac.batch_size
-        losses, gps, accs = [], [], []
+        rows = []
         for _ in range(self.dac.updates):
             e = self._xe[torch.randint(0, self._xe.shape[0], (bs,), generator=self._gen).to(self.device)]
             lrn = xl[torch.randint(0, xl.shape[0], (bs,), generator=self._gen).to(self.device)]
-            de, dl = self.disc(e), self.disc(lrn)
-            loss = F.binary_cross_entropy_with_logits(de, torch.ones_like(de)) + \
-                F.binary_cross_entropy_with_logits(dl, torch.zeros_like(dl))
-            alpha = torch.rand(bs, 1, generator=self._gen).to(self.device)
-            mix = (alpha * e + (1 - alpha) * lrn).requires_grad_(True)
-            grad = torch.autograd.grad(self.disc(mix).sum(), mix, create_graph=True)[0]
-            gp = ((grad.norm(dim=1) - 1) ** 2).mean()
-            total = loss + self.dac.grad_penalty * gp
-            if not torch.isfinite(total):
-                raise UserError(f"DAC: non-finite discriminator loss at env step {step}")
-            self.opt.zero_grad(set_to_none=True)
-            total.backward()
-            self.opt.step()
-            losses.append(float(loss.detach()))
-            gps.append(float(gp.detach()))
-            accs.append(float(((de > 0).float().mean() + (dl < 0).float().mean()).detach() / 2))
+            rows.append(self.trainer.step((e, lrn)))
+        losses, gps, accs = ([r[k] for r in rows] for k in ("bce", "gp", "acc"))
         self.rounds += 1
         self.metrics.update(disc_loss=float(np.mean(losses)), disc_gp=float(np.mean(gps)),
                             disc_acc=float(np.mean(accs)), disc_rounds=self.rounds)
@@ -133,3 +133,10 @@ def train_dac(cfg, dataset, out_dir, env_fn=None, total_steps=None, resume=False
     return run("dac", cfg, dataset, out_dir, env_fn=env_fn, total_steps=total_steps, resume=resume, device=device,
                callback=callback, progress=progress, variant=variant, eval_env_fn=eval_env_fn, seed=seed,
                n_envs=n_envs)
+
+
+def fit(cfg, dataset, *, out, env_fn=None, callback=None, **options):
+    """DAC on the online loop, SB3-shaped: :func:`smiling_ros.methods.smiling.trainer.fit` with ``method='dac'``."""
+    from smiling_ros.methods.smiling.trainer import fit as fit_online
+
+    return fit_online(cfg, dataset, out=out, env_fn=env_fn, callback=callback, method="dac", **options)

@@ -33,7 +33,7 @@ Differences from the public code, each deliberate:
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from torch import nn
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
 from smiling_ros.learn.diffusion import NoiseSchedule, ScoreNet, make_schedule, per_sample_denoising_error
+from smiling_ros.learn.fit import Fit, Optim
 
 CLIP = 10.0  # |normalised input| bound
 
@@ -89,8 +90,8 @@ def draw_timesteps(batch: int, K: int, t_max: int, mode: str = "stratified",
 
 
 class ScorePlayer:
-    """One score net with its optimiser (AdamW), trained by denoising score matching on
-    normalised inputs over the timesteps [t_min, t_max)."""
+    """One score net trained by denoising score matching on normalised inputs over the timesteps
+    [t_min, t_max), on the shared loop (:class:`~smiling_ros.learn.fit.Fit`, AdamW)."""
 
     def __init__(self, x_dim: int, schedule: NoiseSchedule, t_max: int, hidden: int = 256, layers: int = 1,
                  lr: float = 5e-3, device: torch.device | str = "cpu", t_min: int = 0):
@@ -99,30 +100,24 @@ class ScorePlayer:
         self.t_min, self.t_max = int(t_min), int(t_max)
         self.net = ScoreNet(x_dim, hidden=hidden, layers=layers).to(self.device)
         self.lr = lr
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr)
+        self.trainer = Fit(self.net, self.loss, Optim(lr, "adamw", weight_decay=0.01), 0, name="score net",
+                           progress=False)
+        self.opt = self.trainer.opt
+
+    def loss(self, x_n: torch.Tensor) -> torch.Tensor:
+        t = torch.randint(self.t_min, self.t_max, (x_n.shape[0],), device=x_n.device)
+        return per_sample_denoising_error(self.net, self.schedule, x_n, t, torch.randn_like(x_n)).mean()
 
     def step(self, x_n: torch.Tensor) -> float:
         """One gradient step on a batch of normalised inputs; returns the loss."""
-        self.net.train()
-        t = torch.randint(self.t_min, self.t_max, (x_n.shape[0],), device=x_n.device)
-        loss = per_sample_denoising_error(self.net, self.schedule, x_n, t, torch.randn_like(x_n)).mean()
-        if not torch.isfinite(loss):
-            raise UserError("score net: non-finite denoising loss (inputs too large? check the demos' scale)")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
+        return self.trainer.step(x_n)["loss"]
 
-    def fit(self, batches: Iterator[torch.Tensor], steps: int, on_step: Optional[Callable[[int, float], None]] = None
-            ) -> list[float]:
-        """``steps`` gradient steps on batches from ``batches``; returns the per-step losses."""
-        losses = []
-        for i in range(steps):
-            losses.append(self.step(next(batches)))
-            if on_step is not None:
-                on_step(i, losses[-1])
+    def fit(self, batches: Iterator[torch.Tensor], steps: int, progress: bool = False) -> list[float]:
+        """``steps`` gradient steps on batches from ``batches``; returns the losses (means over 100 steps)."""
+        self.trainer.steps, self.trainer.progress, self.trainer.log_every = self.trainer.step_count + steps, progress, 1
+        rows = self.trainer.run(batches)[-steps:]
         self.net.eval()
-        return losses
+        return [r["loss"] for r in rows]
 
     def load_from(self, other: "ScorePlayer") -> None:
         """Warm start: copy ``other``'s weights (optimiser state starts fresh)."""
@@ -221,15 +216,8 @@ def pretrain_expert(x_expert: np.ndarray, opts, device: torch.device, progress: 
                          t_min)
     x = torch.as_tensor(norm.normalize(x_expert), device=device).clamp(-CLIP, CLIP)
     g = torch.Generator().manual_seed(seed)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=opts.expert_steps, desc="expert score net", unit="step", leave=False)
-    losses = player.fit(batch_iterator(x, min(opts.score_batch, x.shape[0]), g), opts.expert_steps,
-                        (lambda _i, _loss: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
+    player.trainer.name = "expert score net"
+    losses = player.fit(batch_iterator(x, min(opts.score_batch, x.shape[0]), g), opts.expert_steps, progress)
     for p in player.net.parameters():
         p.requires_grad_(False)
     return player, norm, losses

@@ -104,6 +104,21 @@ def train(cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Op
                seed=seed, n_envs=n_envs)
 
 
+def fit(cfg, dataset, *, out, env_fn: Optional[EnvFn] = None, callback: Optional[Callback] = None,
+        method: str = "smiling", **options: Any):
+    """The SB3-shaped entry: ``method`` ('smiling' | 'dac' | 'sac') on the online loop (:func:`run`, whose
+    keyword ``options`` it takes) into the run directory ``out``; returns a
+    :class:`~smiling_ros.learn.fit.TrainResult` naming the deployable policy."""
+    from smiling_ros.learn.fit import TrainResult
+
+    policy = run(method, cfg, dataset, out, env_fn=env_fn, callback=callback, **options)
+    run_dir = Path(out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    files = {"policy": policy, "state": run_dir / "state.safetensors", "log": run_dir / "train.csv",
+             "eval": run_dir / "eval.csv"}
+    return TrainResult(policy, files, summary)
+
+
 # ---------------------------------------------------------------------------------- checks
 def _space_dims(env) -> tuple[int, int]:
     from gymnasium import spaces
