@@ -43,7 +43,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -169,7 +169,7 @@ def build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise UserError(f"{_here(where)}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls)) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(n.rstrip("_") for n in fields))

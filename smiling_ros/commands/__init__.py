@@ -25,7 +25,7 @@ def offline_inputs(args: argparse.Namespace, cls: type, name: str, overrides: di
     from smiling_ros.learn.common import offline_inputs as check
 
     cfg = load_config(args.config)
-    section = dataclasses.replace(cfg.section(cls, name), **{k: v for k, v in overrides.items() if v is not None})
+    section: Any = dataclasses.replace(cfg.section(cls, name), **{k: v for k, v in overrides.items() if v is not None})
     section.validate("command line")
     ds = Dataset.load(args.dataset)
     episodes = getattr(args, "episodes", None)

@@ -95,7 +95,7 @@ def constant_findings(obs: np.ndarray, obs_names: Sequence[str]) -> list[Finding
     const = np.nonzero((obs.max(0) - obs.min(0)) == 0)[0]
     if not len(const):
         return []
-    names = [obs_names[i] if i < len(obs_names) else f"obs[{i}]" for i in const]
+    names = [obs_names[i] if i < len(obs_names) else f"obs[{i}]" for i in (int(c) for c in const)]
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
     return [Finding("constant-observation", f"observation column(s) never change: {shown}")]
 
@@ -130,13 +130,13 @@ def effective_rate_hz(times: np.ndarray, gap_ns: Optional[float] = None) -> Opti
     t = np.asarray(times, np.int64)
     if len(t) < 2:
         return None
-    d = np.diff(np.sort(t))
+    d = np.diff(np.sort(t)).astype(np.float64)
     d = d[d > 0]
     if gap_ns is not None:
-        d = d[d <= gap_ns]
+        d = d[d <= float(gap_ns)]
     if not len(d):
         return None
-    return float(1e9 / np.median(d))
+    return float(1e9 / float(np.median(d)))
 
 
 def rate_findings(rates: dict[str, Optional[float]], dataset_rate: float, roles: dict[str, str]) -> list[Finding]:

@@ -97,7 +97,7 @@ def run_episodes(policy, env, episodes: int, seed: int = 0, record: bool = False
             length += 1
             done = term or trunc or (max_steps is not None and length >= max_steps)
         success = _success(info)
-        ep = {"return": ret, "length": length, "success": success}
+        ep: dict[str, Any] = {"return": ret, "length": length, "success": success}
         if record:
             ep["obs"], ep["act"] = np.stack(obs_l), np.stack(act_l)
         out.append(ep)
@@ -125,7 +125,10 @@ def evaluate(policy, env_fn: Optional[EnvFn], episodes: int = 10, seed: int = 0,
     """Evaluate ``policy`` (see module docstring) on a fresh env from ``env_fn`` (closed after),
     or on ``env`` when given (left open, e.g. one env reused by a trainer's periodic evaluation)."""
     own = env is None
-    env = env_fn() if own else env
+    if own:
+        if env_fn is None:
+            raise ValueError("evaluate: give env_fn or env")
+        env = env_fn()
     try:
         pol = resolve_policy(policy, env, device=device, seed=seed)
         eps = run_episodes(pol, env, episodes, seed)
@@ -200,9 +203,9 @@ def reference_returns(env_fn: EnvFn, expert: Any = None, episodes: int = 10, see
     carries it for this task, else rollouts of ``expert`` (a policy spec), else None. Cached as
     JSON in ``cache`` (reused when the task matches)."""
     if cache is not None:
-        ref = load_references(cache, task)
-        if ref is not None:
-            return ref
+        cached = load_references(cache, task)
+        if cached is not None:
+            return cached
     env = env_fn()
     try:
         rnd = run_episodes(RandomPolicy(env.action_space, seed), env, episodes, seed)

@@ -24,7 +24,7 @@ import platform
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
@@ -32,6 +32,8 @@ from smiling_ros.errors import UserError
 from smiling_ros.io.inputs import MAX_DEPTH, check_file, describe_mode, parse_json
 from smiling_ros.io.outputs import atomic_path, os_errors, public_mode, sibling  # noqa: F401 - public_mode re-exported
 from smiling_ros.io.outputs import atomic_write_text as _atomic_write_text
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 FORMAT = "smiling_ros.learn.checkpoint/1"
 _META_KEY = "smiling_ros"
@@ -300,7 +302,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", requir
     return Checkpoint(tensors, meta, path)
 
 
-def load_module(ckpt: Checkpoint, prefix: str, factory, what: str = "") -> torch.nn.Module:
+def load_module(ckpt: Checkpoint, prefix: str, factory: Callable[[], ModuleT], what: str = "") -> ModuleT:
     """Build ``factory()`` (a module whose architecture comes from checkpoint metadata) and load the
     tensors under ``prefix`` into it, checking first, without allocating anything, that the
     architecture matches the tensors: the module is built on the ``meta`` device and its parameter
@@ -359,7 +361,7 @@ def _first_line(exc: BaseException) -> str:
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw bytes of a CPU tensor in row-major order (any dtype)."""
     flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy().tobytes()) if flat.numel() else memoryview(b"")
 
 
 def _integrity(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

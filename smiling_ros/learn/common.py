@@ -47,7 +47,9 @@ def collect_dataset(env, act_fn, episodes: int, seed: int = 0, max_steps: Option
     Row k holds obs_k, the action taken from it and the reward received; the final observation of each
     episode is stored with the action the policy chooses there and reward 0 (the dataset convention:
     every row is a state with its command)."""
-    eps, rews, succ = [], [], []
+    eps: list[tuple[np.ndarray, Optional[np.ndarray]]] = []
+    rews: list[np.ndarray] = []
+    succ: list[bool] = []
     reports_success = False
     for ep in range(episodes):
         o, _ = env.reset(seed=seed + ep)

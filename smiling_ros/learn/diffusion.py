@@ -19,6 +19,9 @@ from smiling_ros.learn.nets import mlp
 class NoiseSchedule(nn.Module):
     """DDPM schedule. ``kind``: 'linear' (beta_start..beta_end) or 'cosine' (Nichol & Dhariwal)."""
 
+    betas: torch.Tensor
+    abar: torch.Tensor
+
     def __init__(self, T: int = 1000, kind: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02):
         super().__init__()
         if not 1 <= T <= 1_000_000:

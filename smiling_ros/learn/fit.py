@@ -80,10 +80,11 @@ def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     number n of updates averaged so far, so the first averages follow the trained weights closely."""
 
     @torch.no_grad()
-    def update(avg: list[torch.Tensor], cur: list[torch.Tensor], n: Any) -> None:
+    def update(avg: Union[tuple[torch.Tensor, ...], list[torch.Tensor]],
+               cur: Union[tuple[torch.Tensor, ...], list[torch.Tensor]], n: Union[torch.Tensor, int]) -> None:
         d = min(decay, (2.0 + float(n)) / (11.0 + float(n)))
-        torch._foreach_mul_(avg, d)
-        torch._foreach_add_(avg, cur, alpha=1 - d)
+        torch._foreach_mul_(list(avg), d)
+        torch._foreach_add_(list(avg), list(cur), alpha=1 - d)
 
     ema = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
     ema.eval()

@@ -100,6 +100,12 @@ class RunLogger:
             self._tb = None
 
 
+def last_row(log: RunLogger) -> Optional[dict[str, str]]:
+    """The last row on disk of ``log`` (None when it has none)."""
+    rows = log.read()
+    return rows[-1] if rows else None
+
+
 def read_rows(path: str | Path) -> list[dict[str, str]]:
     """The rows of a log file (strings, as csv reads them); [] when there is none."""
     path = Path(path)

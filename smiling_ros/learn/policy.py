@@ -37,6 +37,9 @@ class Policy(Protocol):
     def reset(self) -> None:
         """Forget internal state (observation windows, action chunks) at an episode start."""
 
+    def save(self, path: Any, extra_meta: Optional[dict[str, Any]] = None) -> Any:
+        """Write the policy as a checkpoint that :func:`load_policy` reads back; returns its path."""
+
 
 def plan_chunk(policy: Any, obs: np.ndarray) -> np.ndarray:
     """The actions ``policy`` plans for one observation, (chunk, act_dim): a chunking policy's

@@ -31,7 +31,7 @@ def fit(cfg: Any, dataset: Any, *, out: str | Path, env_fn: Any = None, callback
         device: str = "auto", overwrite: bool = False) -> TrainResult:
     from smiling_ros.data.evaluation import EVAL_COLUMNS, evaluate, expert_spec, reference_returns
     from smiling_ros.learn.bounds import action_bounds
-    from smiling_ros.learn.logger import RunLogger
+    from smiling_ros.learn.logger import RunLogger, last_row
     from smiling_ros.learn.plots import plot_learning_curve
     from smiling_ros.methods.dbc.train import DBCConfig, train_dbc
     from smiling_ros.methods.smiling.config import expert_section, smiling_section
@@ -115,7 +115,7 @@ def fit(cfg: Any, dataset: Any, *, out: str | Path, env_fn: Any = None, callback
     final_loss = float(history[-1]["loss"]) if history else float("nan")
     summary = {"method": "bc", "task": task, "seed": seed, "steps": step, "stopped_early": step < steps,
                "policy": str(ppath), "references": references, "final_loss": final_loss,
-               "final_eval": (eval_log.read() or [None])[-1], "train_s": time.perf_counter() - t0,
+               "final_eval": last_row(eval_log), "train_s": time.perf_counter() - t0,
                "interrupted": interrupted}
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=str))
     if interrupted:

@@ -245,8 +245,8 @@ class TrainerNode(Node):
         if not state.exists():
             return None  # the trainer reports it as one line
         try:
-            return int(load_checkpoint(state).meta.get("step"))
-        except (UserError, TypeError, ValueError):
+            return int(load_checkpoint(state).meta["step"])
+        except (UserError, KeyError, TypeError, ValueError):
             return None
 
     def _envs_text(self) -> str:

@@ -15,6 +15,7 @@ and once per grid respectively: at batch size 1 this avoids most of torch's per-
 """
 from __future__ import annotations
 
+import typing
 from typing import Sequence
 
 import numpy as np
@@ -86,7 +87,7 @@ class NumpyForward:
 
     def __init__(self, net: BridgerNet):
         self.net = net
-        lin0 = net.trunk[0]
+        lin0 = typing.cast(nn.Linear, net.trunk[0])
         w0 = lin0.weight.detach().cpu().numpy().astype(np.float32)  # (H, X + T + C)
         X, T = net.x_dim, net.time_dim
         self.wx = w0[:, :X].T.copy()  # (X, H)
@@ -94,7 +95,7 @@ class NumpyForward:
         self.wc = w0[:, X + T:].T.copy()  # (C, H)
         self.b0 = lin0.bias.detach().cpu().numpy().astype(np.float32)
         self.hidden = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy())
-                       for m in list(net.trunk)[2::2]]
+                       for m in list(net.trunk)[2::2] if isinstance(m, nn.Linear)]
         self.wh = net.head.weight.detach().cpu().numpy().T.copy()
         self.bh = net.head.bias.detach().cpu().numpy().copy()
         self.act = np_activation(net.activation)

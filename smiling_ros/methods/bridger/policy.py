@@ -85,7 +85,7 @@ class BridgerPolicy:
     def steps(self, n: int) -> None:
         if n not in self._grids:
             grid = make_grid(self.interp, n, self.clock, self.final_noise)
-            self._grids[n] = (grid, self._fwd.time_bias(grid.t))
+            self._grids[n] = (grid, self._numpy_forward().time_bias(grid.t))
         self._steps = int(n)
         self._grid, self._time_bias = self._grids[n]
 
@@ -188,7 +188,13 @@ class BridgerPolicy:
         return np.clip(a, self.low, self.high).astype(np.float32)
 
     def _sample_one(self, x0: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        return sample_numpy(self._fwd, self._time_bias, self._grid, x0, self._fwd.cond_bias(cond), self.rng)
+        fwd = self._numpy_forward()
+        return sample_numpy(fwd, self._time_bias, self._grid, x0, fwd.cond_bias(cond), self.rng)
+
+    def _numpy_forward(self) -> NumpyForward:
+        if self._fwd is None:
+            raise UserError("bridger policy: a net without actions has no forward pass")
+        return self._fwd
 
     def sample_normalized(self, obs: np.ndarray, x0: Optional[np.ndarray] = None) -> np.ndarray:
         """Stateless batch sampling for analysis: (B, obs_dim) robot units, optional normalised

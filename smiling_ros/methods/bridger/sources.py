@@ -20,7 +20,7 @@ final action is clamped). Sources:
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +134,8 @@ def _numpy_mlp_policy(policy: Any):
     from smiling_ros.learn.nets import np_activation
 
     actor = getattr(policy, "actor", None)
+    if actor is None:
+        return None
     try:
         act = np_activation(getattr(actor, "activation", ""))
     except UserError:
@@ -160,7 +162,7 @@ class CVAE(nn.Module):
     encoder [o, a] -> MLP -> (mu, logvar) (latent,); decoder [o, z] -> MLP -> a.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int] = (512, 512, 512), latent: int = 64):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (512, 512, 512), latent: int = 64):
         super().__init__()
         from smiling_ros.learn.nets import mlp
 

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -91,7 +92,7 @@ def make_source(spec: str, ds: Dataset, cfg=None, section: Optional[BridgerConfi
         if ctrl is None:
             raise UserError(f"--source heuristic: task '{cfg.task.env}' has no heuristic controller "
                             f"(use gaussian, cvae or a policy checkpoint)")
-        src = HeuristicSource.for_controller(ctrl)
+        src: Source = HeuristicSource.for_controller(ctrl)
     else:
         path = Path(spec)
         if not path.exists():
@@ -103,8 +104,9 @@ def make_source(spec: str, ds: Dataset, cfg=None, section: Optional[BridgerConfi
         if ckpt.kind == "bridger":
             raise UserError(f"{path}: a bridger checkpoint cannot be a source (use its source or a policy checkpoint)")
         ckpt.require(tuple(k for k in POLICY_LOADERS if k != "bridger"), obs_dim=ds.obs_dim, act_dim=ds.act_dim)
-        src = PolicySource(load_policy(path, device=device, obs_dim=ds.obs_dim, act_dim=ds.act_dim), ckpt)
-        src.seed(seed)
+        policy_src = PolicySource(load_policy(path, device=device, obs_dim=ds.obs_dim, act_dim=ds.act_dim), ckpt)
+        policy_src.seed(seed)
+        src = policy_src
     if (src.obs_dim, src.act_dim) != (ds.obs_dim, ds.act_dim):
         raise UserError(f"source '{spec}': obs/act dims ({src.obs_dim}, {src.act_dim}) differ from the dataset's "
                         f"({ds.obs_dim}, {ds.act_dim})")
@@ -125,16 +127,16 @@ def train_cvae(ds: Dataset, cc: CvaeConfig, seed: int = 0, progress: bool = True
     model = CVAE(ds.obs_dim, ds.act_dim, cc.hidden, cc.latent).to(dev)
 
     def compute_loss(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        beta = cc.beta * min(1.0, fit.step_count / max(1.0, cc.beta_warmup * cc.train_steps))
+        beta = cc.beta * min(1.0, trainer.step_count / max(1.0, cc.beta_warmup * cc.train_steps))
         rec, mu, logvar = model(obs_t[idx], A[idx])
         mse = ((rec - A[idx]) ** 2).mean()
         kl = CVAE.kl(mu, logvar).mean()
         return {"loss": 10.0 * mse + beta * kl, "mse": mse, "kl": kl, "beta": torch.tensor(beta)}
 
     log = RunLogger(log_path, ["step", "mse", "kl", "beta", "lr"]) if log_path is not None else None
-    fit = Fit(model, compute_loss, Optim(cc.lr, "adamw", weight_decay=1e-4, schedule="warmup_cosine", warmup=200),
-              cc.train_steps, name="cvae", logger=log, progress=progress)
-    fit.run(lambda: torch.as_tensor(rng.integers(0, len(obs_t), cc.batch_size), device=dev))
+    trainer = Fit(model, compute_loss, Optim(cc.lr, "adamw", weight_decay=1e-4, schedule="warmup_cosine", warmup=200),
+                  cc.train_steps, name="cvae", logger=log, progress=progress)
+    trainer.run(lambda: torch.as_tensor(rng.integers(0, len(obs_t), cc.batch_size), device=dev))
     if log is not None and log_path is not None:
         log.close()
         plot_rows(log.rows, ["mse", "kl"], log_path.with_suffix(".png"), "CVAE source", logy=True)
@@ -207,11 +209,11 @@ def train_bridger(ds: Dataset, source: Source, sec: BridgerConfig, low: np.ndarr
 
     log = RunLogger(log_path, ["step", "loss", "loss_v", "loss_s", "mse_v", "mse_s", "lr"]) if log_path else None
     on_log = None if callback is None else (lambda step, row: callback(step, row))  # noqa: E731
-    fit = Fit(net, compute_loss, Optim(sec.lr, "adamw", weight_decay=sec.weight_decay, schedule="warmup_cosine",
-                                       warmup=200, ema_decay=sec.ema_decay),
-              sec.train_steps, name=f"bridger[{source.name}]", logger=log, log_every=sec.log_every,
-              progress=progress, on_log=on_log)
-    fit.run(batch)
+    trainer = Fit(net, compute_loss, Optim(sec.lr, "adamw", weight_decay=sec.weight_decay, schedule="warmup_cosine",
+                                           warmup=200, ema_decay=sec.ema_decay),
+                  sec.train_steps, name=f"bridger[{source.name}]", logger=log, log_every=sec.log_every,
+                  progress=progress, on_log=on_log)
+    trainer.run(batch)
     if log is not None and log_path is not None:
         log.close()
         plot_rows(log.rows, ["mse_v", "mse_s"], log_path.with_suffix(".png"),
@@ -219,7 +221,8 @@ def train_bridger(ds: Dataset, source: Source, sec: BridgerConfig, low: np.ndarr
     policy_meta = {"task": ds.meta.get("task", ""), "train": dict(asdict(sec)),
                    "dataset": {"path": ds.meta.get("path", ""), "episodes": ds.num_episodes, "steps": len(ds.obs)},
                    **(meta or {})}
-    return BridgerPolicy(fit.averaged.cpu(), interp, source, obs_norm, act_norm, low, high, sec.steps,
+    deployed = typing.cast(BridgerNet, trainer.averaged)
+    return BridgerPolicy(deployed.cpu(), interp, source, obs_norm, act_norm, low, high, sec.steps,
                          sec.obs_window, sec.chunk, sec.execute, sec.clock, sec.final_noise, policy_meta, "cpu", seed)
 
 

@@ -72,6 +72,9 @@ class RewardModel(nn.Module):
     """r(s, a) in reward units: (B,). ``kind`` 'learned' (MLP regression on dataset rewards) or 'cost'
     (negative denoising error of a state diffusion model of the demonstrations; ignores a)."""
 
+
+    probe_t: torch.Tensor
+    probe_eps: torch.Tensor
     def __init__(self, kind: str, obs_dim: int, act_dim: int, hidden: int = 256, T: int = 100, n_probe: int = 16,
                  obs_norm: Optional[Normalizer] = None, act_norm: Optional[Normalizer] = None,
                  r_mean: float = 0.0, r_std: float = 1.0):
@@ -80,6 +83,7 @@ class RewardModel(nn.Module):
         self.obs_norm = obs_norm or Normalizer.identity(obs_dim)
         self.act_norm = act_norm or Normalizer.identity(act_dim)
         self.r_mean, self.r_std = float(r_mean), float(r_std)
+        self.net: nn.Module
         if kind == "learned":
             self.net = mlp([obs_dim + act_dim, hidden, hidden, 1], "mish")
         else:
@@ -218,7 +222,12 @@ class WorldModel:
         A = torch.zeros(B, H, self.act_dim)
         S[:, 0] = s0
         for i in range(H - 1):
-            A[:, i] = self.clip_action(policy(S[:, i])) if actions is None else actions[:, i]
+            if actions is not None:
+                A[:, i] = actions[:, i]
+            elif policy is not None:
+                A[:, i] = self.clip_action(policy(S[:, i]))
+            else:
+                raise ValueError("ensemble_rollout: give a policy or the actions")
             m = "mean" if member == "mean" else torch.randint(0, self.ensemble.size, (B,), generator=gen)
             S[:, i + 1] = self.ensemble.step(S[:, i], A[:, i], m)
         if policy is not None:

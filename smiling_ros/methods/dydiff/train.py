@@ -219,7 +219,7 @@ def train_offline(ds: Dataset, cfg: DyDiffConfig, low: np.ndarray, high: np.ndar
                disable=not progress, mininterval=1.0)
     kept = 0
     for step in bar:
-        if synth is not None and step % cfg.rollout_every == 0:
+        if synth is not None and world_model is not None and step % cfg.rollout_every == 0:
             s0 = all_states[torch.randint(0, len(all_states), (cfg.rollouts_per_round,), generator=gen)]
             t = world_model.filtered_transitions(s0, agent.act_torch, gen)
             kept = int(t["kept"])

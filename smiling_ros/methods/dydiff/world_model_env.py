@@ -80,8 +80,9 @@ class WorldModelEnv(gym.Env):
 def expected_obs_dim(cfg: Config) -> Optional[int]:
     """Observation size the config implies, when every field gives its ``size``."""
     sizes = [f.size for f in cfg.observation]
-    if sizes and all(s is not None for s in sizes):
-        return int(sum(sizes))
+    known = [s for s in sizes if s is not None]
+    if sizes and len(known) == len(sizes):
+        return int(sum(known))
     return None
 
 

@@ -237,13 +237,19 @@ class SmilingReward:
         self.opts, self.device, self.seed = opts, device, seed
         self.variant = opts.variant
         self.x_expert = np.asarray(x_expert, np.float32)
-        self.expert: Optional[ScorePlayer] = None
-        self.learner: Optional[ScorePlayer] = None
-        self.cost: Optional[DSCost] = None
-        self.normalizer: Optional[Normalizer] = None
+        # set by setup() or load_state()
+        self.expert: ScorePlayer
+        self.learner: ScorePlayer
+        self.cost: DSCost
+        self.normalizer: Normalizer
         self.rounds = 0
         self.metrics: dict[str, float] = {}
         self._gen = torch.Generator().manual_seed(seed + 1)
+
+    @property
+    def score_rows(self) -> int:
+        """Score-net input rows the cost has evaluated so far (per net)."""
+        return self.cost.rows
 
     # ------------------------------------------------------------------ setup / state
     def setup(self, progress: bool = False) -> None:

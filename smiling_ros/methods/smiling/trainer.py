@@ -57,7 +57,7 @@ import torch
 from smiling_ros.data.evaluation import EVAL_COLUMNS
 from smiling_ros.errors import UserError
 from smiling_ros.learn.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from smiling_ros.learn.logger import RunLogger
+from smiling_ros.learn.logger import RunLogger, last_row
 from smiling_ros.learn.plots import plot_learning_curve
 
 EnvFn = Callable[[], Any]
@@ -141,7 +141,12 @@ def make_vec_env(envs: list):
     if len(shapes) > 1:
         raise UserError(f"environment: the {len(envs)} env copies disagree on their spaces ({sorted(shapes)})")
     wrapped = [e if is_wrapped(e, Monitor) else Monitor(e) for e in envs]
-    return DummyVecEnv([(lambda e=e: e) for e in wrapped])
+    return DummyVecEnv([_returns(e) for e in wrapped])
+
+
+def _returns(env: Any) -> Callable[[], Any]:
+    """An env factory returning ``env`` itself (SB3's VecEnvs take factories)."""
+    return lambda: env
 
 
 def round_to_envs(total: int, n_envs: int) -> int:
@@ -507,19 +512,20 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         if loop.mark is not None and final > loop.mark[0]:
             m_step, m_time, m_other = loop.mark
             upd = ((t_start + wall - m_time) - (t_eval.total + t_ckpt.total - m_other)) / (final - m_step)
+        score_rows = getattr(reward_model, "score_rows", None)  # score-net rows evaluated (SMILING)
         summary = {
             "method": method, "task": task, "variant": base_meta["variant"], "seed": seed, "steps": final,
             "n_envs": n_envs, "absorbing": absorb,
             "stopped_early": loop.stop, "policy": str(ppath), "references": references,
-            "final_eval": (eval_log.read() or [None])[-1],
+            "final_eval": last_row(eval_log),
             "wall_clock": {"setup_s": t_setup, "steps_this_session": steps_run, "train_s": train_time,
                            "train_s_per_step": train_time / steps_run if steps_run else None,
                            "update_phase_s_per_step": upd,  # after learning_starts: env step + SAC update (+ reward)
                            "reward_s": t_reward.total, "learner_s": t_learner.total, "eval_s": t_eval.total,
                            "checkpoint_s": t_ckpt.total},
             "reward_metrics": dict(reward_model.metrics) if reward_model is not None else None,
-            "score_rows_per_update": (reward_model.cost.rows / max(model._n_updates, 1)
-                                      if hasattr(reward_model, "cost") and not resume else None),
+            "score_rows_per_update": (score_rows / max(model._n_updates, 1)
+                                      if score_rows is not None and not resume else None),
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
         plot_learning_curve(out, f"{method} on {task}")
