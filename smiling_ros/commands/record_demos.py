@@ -57,7 +57,7 @@ def summarize_bag(path: Path, marker_topic: str) -> dict[str, Any]:
             for conn, _, raw in reader.messages():
                 counts[conn.topic] += 1
                 if conn.topic == marker_topic:
-                    m = parse_marker_text(reader.deserialize(raw, conn.msgtype).data)
+                    m = parse_marker_text(getattr(reader.deserialize(raw, conn.msgtype), "data", ""))
                     if m is not None:
                         markers.append(m)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the bag is not usable
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--expert scripted: task '{cfg.task.env}' has no scripted expert (give a policy checkpoint)")
     if args.expert != "scripted" and not Path(args.expert).exists():
         raise UserError(f"--expert {args.expert}: checkpoint not found")
-    horizon = env.spec.max_episode_steps or 1000
+    horizon = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
     env.close()
     if not ros_available():
         raise UserError("record-demos needs ROS 2 (rclpy): pip install 'smiling_ros[ros]' or source a ROS 2 install")

@@ -53,11 +53,12 @@ def resolve_limits(cfg: Config, policy: Any, path: str) -> tuple[np.ndarray, np.
         high = np.asarray(cfg.limits.action_high, np.float64)
         where = f"{cfg.path}: limits"
     else:
-        low, high = policy_bounds(policy)
+        low_b, high_b = policy_bounds(policy)
         where = f"{path}: action bounds"
-        if low is None:
+        if low_b is None or high_b is None:
             raise UserError(f"{cfg.path}: limits.action_low/action_high are empty and {path} carries no action "
                             "bounds; set the robot's command limits in the config")
+        low, high = low_b, high_b
     if low.shape != (act_dim,) or high.shape != (act_dim,):
         raise UserError(f"{path}: checkpoint for another robot: act_dim is {act_dim} but {where} have "
                         f"{low.shape[0]} elements")
@@ -254,7 +255,7 @@ def load_controller_policy(path: str, settings: ControllerSettings, obs_dim: Opt
 
     if settings.device.startswith("cpu"):
         torch.set_num_threads(1)  # a small network is fastest on one thread, and leaves cores to the robot
-    act_dim = expected_act_dim(settings.config)
+    act_dim = expected_act_dim(settings.config) if settings.config is not None else None
     policy = load_policy(path, device=settings.device, obs_dim=obs_dim, act_dim=act_dim)
     check_policy(policy, path, obs_dim, act_dim)
     check_spec(policy, path, settings)

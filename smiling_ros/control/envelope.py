@@ -61,7 +61,7 @@ class SafetyEnvelope:
     position: the command is a position (origin of the ramp = the measured position).
     """
 
-    def __init__(self, low: Sequence[float], high: Sequence[float], period_ns: int,
+    def __init__(self, low: Sequence[float] | np.ndarray, high: Sequence[float] | np.ndarray, period_ns: int,
                  max_rate: Optional[Sequence[float]] = None, ramp_in_s: float = 0.0,
                  max_error: Optional[Sequence[float]] = None, position: bool = False):
         self.low = np.asarray(low, np.float64).reshape(-1).copy()
@@ -105,7 +105,8 @@ class SafetyEnvelope:
         self.last = np.asarray(command, np.float64).copy()
         self.last_ns = int(now_ns)
 
-    def apply(self, action: Sequence[float], now_ns: int, measured: Optional[Sequence[float]] = None
+    def apply(self, action: Sequence[float] | np.ndarray, now_ns: int,
+              measured: Optional[Sequence[float] | np.ndarray] = None
               ) -> Optional[np.ndarray]:
         """The command to send at ``now_ns`` for ``action`` (see the module doc), or None."""
         a = np.asarray(action, np.float64).reshape(-1)
@@ -119,20 +120,21 @@ class SafetyEnvelope:
         if self.needs_measured and m is None:
             return None
         now_ns = int(now_ns)
-        if self.last is None:
+        if self.last is None or self._origin is None:
             origin = m.copy() if (self.position and m is not None) else np.zeros(self.n)
             self._origin = np.clip(origin, self.low, self.high)
+        base: np.ndarray = self._origin
         if self._ramp_from_ns is not None:
             s = (now_ns - self._ramp_from_ns) / self.ramp_ns
             if s >= 1.0:
                 self._ramp_from_ns = None
             else:
                 s = max(0.0, s)
-                a = self._origin + s * (a - self._origin)
+                a = base + s * (a - base)
         cmd = np.clip(a, self.low, self.high)
         changed = False
         if self.max_rate is not None:
-            prev = self.last if self.last is not None else self._origin
+            prev = self.last if self.last is not None else base
             dt = (now_ns - self.last_ns) if self.last_ns is not None else self.period_ns
             step = self.max_rate * (max(0, dt) / 1e9)
             limited = np.clip(cmd, prev - step, prev + step)

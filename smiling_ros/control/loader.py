@@ -67,6 +67,8 @@ class PolicyLoader:
                 if self._closed:
                     return
                 path, self._pending = self._pending, None
+                if path is None:  # woken by close()
+                    continue
                 self._abandoned = {t for t in self._abandoned if t.is_alive()}
                 if len(self._abandoned) >= MAX_STUCK_LOADS:
                     refuse = True

@@ -204,7 +204,7 @@ def resolve_settings(config: str, checkpoint: str, params: dict[str, Any]) -> Co
     merged = dataclasses.asdict(section)
     hints = typing.get_type_hints(ControllerSection)
     safety = set(safety_keys())
-    topics = {"command_topic": cfg.command_topic, "policy_topic": cfg.topics.policy,
+    topics: dict[str, Any] = {"command_topic": cfg.command_topic, "policy_topic": cfg.topics.policy,
               "episode_topic": cfg.topics.episode}
     for key, value in params.items():
         if key in safety:

@@ -79,10 +79,16 @@ class ActionSchedule:
         return len(self._slots)
 
     def _slot(self, t_ns: int) -> int:
-        return int(round((t_ns - self._epoch) / self.step_ns))
+        return int(round((t_ns - self._origin()) / self.step_ns))
+
+    def _origin(self) -> int:
+        """The time of slot 0 (set by the first chunk added)."""
+        if self._epoch is None:
+            raise RuntimeError("action stream: no chunk added yet")
+        return self._epoch
 
     def time_of(self, slot: int) -> int:
-        return self._epoch + slot * self.step_ns
+        return self._origin() + slot * self.step_ns
 
     def add(self, t0_ns: int, chunk: np.ndarray, now_ns: int) -> int:
         """Add the chunk planned for policy tick ``t0_ns`` (action k at ``t0 + k step``) as of
@@ -129,7 +135,7 @@ class ActionSchedule:
         """The action for ``now_ns`` (interpolated), or None when there is no plan for it."""
         if not self._slots:
             return None
-        x = (now_ns - self._epoch) / self.step_ns
+        x = (now_ns - self._origin()) / self.step_ns
         i = math.floor(x)
         if i in self._slots:
             if i + 1 in self._slots:

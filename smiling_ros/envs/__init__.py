@@ -67,7 +67,7 @@ def make_env(env_id: str, seed: Optional[int] = None, max_episode_steps: Optiona
         raise UserError("no environment id given (task.env is empty)")
     if not allow_import:
         check_env_id(env_id)
-    extra = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
+    extra: dict[str, Any] = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
     try:
         env = gymnasium.make(env_id, **extra, **kwargs)
     except gymnasium.error.Error as exc:  # NameNotFound, VersionNotFound, NamespaceNotFound, ...
@@ -115,7 +115,8 @@ def joint_state(env: gymnasium.Env) -> tuple[list[str], np.ndarray, np.ndarray]:
     base = getattr(env, "unwrapped", env)
     model, data = getattr(base, "model", None), getattr(base, "data", None)
     if model is None or data is None:
-        raise UserError(f"environment '{getattr(base, 'spec', None) and base.spec.id}': not a MuJoCo env (no model/data)")
+        spec = getattr(base, "spec", None)
+        raise UserError(f"environment '{spec.id if spec is not None else base}': not a MuJoCo env (no model/data)")
     names, qadr, vadr = _joint_layout(model)
     return list(names), data.qpos[qadr].copy(), data.qvel[vadr].copy()
 

@@ -75,6 +75,8 @@ class TrajectoryFollower:
         if self._t is None:
             return None
         t, p = self._t, self._p
+        if p is None:
+            return None
         if t_s <= t[0]:
             return p[0].copy()
         if t_s >= t[-1]:

@@ -47,22 +47,27 @@ class BagWriter:
         if plugin is None:
             raise UserError(f"bag storage must be 'mcap' or 'sqlite3', got '{storage}'")
         self.store = store or typestore()
-        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer: Optional[Writer] = Writer(self.path, version=9, storage_plugin=plugin)
         self._writer.STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: _crc_mcap_writer()}
         self._writer.open()
-        self._conns: dict[str, object] = {}
+        self._conns: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
+
+    def _open(self) -> Any:
+        if self._writer is None:
+            raise UserError(f"{self.path}: the bag is closed")
+        return self._writer
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         if topic in self._conns:
             return
         if msgtype not in self.store.fielddefs:
             raise UserError(f"topic '{topic}': message type '{msgtype}' is not known to the bag writer")
-        self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.store)
+        self._conns[topic] = self._open().add_connection(topic, msgtype, typestore=self.store)
         self.counts[topic] = 0
 
     def write(self, topic: str, timestamp_ns: int, data: bytes | memoryview) -> None:
-        self._writer.write(self._conns[topic], int(timestamp_ns), data)
+        self._open().write(self._conns[topic], int(timestamp_ns), data)
         self.counts[topic] += 1
 
     def write_msg(self, topic: str, timestamp_ns: int, msg, msgtype: Optional[str] = None) -> None:
@@ -77,7 +82,7 @@ class BagWriter:
         message indexes) and the file buffer handed to the OS. A file cut off after this reads back
         up to here with ``open_bag(..., salvage=True)``. sqlite3: the open transaction is committed.
         """
-        storage = None if self._writer is None else self._writer.storage
+        storage: Any = None if self._writer is None else self._writer.storage
         if storage is None:
             return
         chunk = getattr(storage, "chunk", None)

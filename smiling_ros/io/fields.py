@@ -194,7 +194,7 @@ def _split_path(path: str) -> tuple[str, ...]:
 
 def _resolve(msg: Any, path: str, spec: FieldSpec, msgtype: str) -> Any:
     value = msg
-    walked = []
+    walked: list[str] = []
     for part in _split_path(path):
         if not part:
             raise UserError(f"{_where(spec)}: empty component in field path")
@@ -530,9 +530,9 @@ class VectorAssembler:
                 self._base_dims[i] = base
                 self._seen_dims[i] = len(value)
             elif seen != base:
-                exc = UserError(f"topic '{topic}' field '{spec.field}': dimension changed from {seen} to {base}")
-                self._errors[i] = ("rejected", str(exc), stamp)
-                error = error or exc
+                changed = UserError(f"topic '{topic}' field '{spec.field}': dimension changed from {seen} to {base}")
+                self._errors[i] = ("rejected", str(changed), stamp)
+                error = error or changed
                 continue
             self._values[i] = value
             self._stamps[i] = stamp

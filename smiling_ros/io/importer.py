@@ -425,7 +425,7 @@ def import_bag(
         marker_topic = cfg.topics.episode
         mt = reader.topics.get(marker_topic)
         use_markers = mt is not None and mt.count > 0
-        if use_markers and mt.msgtype != MARKER_TYPE:
+        if mt is not None and use_markers and mt.msgtype != MARKER_TYPE:
             raise UserError(
                 f"{bag}: episode marker topic '{marker_topic}' has type {mt.msgtype}, expected {MARKER_TYPE}"
             )
@@ -502,14 +502,19 @@ def import_bag(
                         idle.add(msg, stamp, msgtype)
                     new = obs_asm.update(topic, msg, stamp, msgtype)
                     for i in new:
-                        obs_series[i].append(stamp, obs_asm.value(i), stamp - obs_asm.sample_ns(i))
+                        value, sampled = obs_asm.value(i), obs_asm.sample_ns(i)
+                        if value is None or sampled is None:  # update() reported it new: it has both
+                            continue
+                        obs_series[i].append(stamp, value, stamp - sampled)
                     if h is not None and len(new) < obs_per_topic.get(topic, 0):  # a repeated or implausible stamp
                         for f in obs_asm.faults(stamp):
                             if f.kind == "clock" and obs_asm.specs[f.field].topic == topic:
                                 obs_errors[f.field].append(stamp)
                     if act_asm is not None:
                         for i in act_asm.update(topic, msg, stamp, msgtype):
-                            act_series[i].append(stamp, act_asm.value(i))
+                            act_value = act_asm.value(i)
+                            if act_value is not None:
+                                act_series[i].append(stamp, act_value)
                 except UserError as exc:
                     raise UserError(f"{bag}: {exc} (at t={reader.rel_s(stamp):.3f} s into the bag)") from None
         except BaseException:
@@ -538,9 +543,10 @@ def import_bag(
         max_abs,
     )
     if bad is not None:
-        spec, t, k, v = bad
-        what = "NaN" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.6g} (|x| > {max_abs:g}, import.max_abs)")
-        rel = (t - bag_start) * 1e-9 if bag_start else t * 1e-9
+        spec, t_bad, k, bad_value = bad
+        what = ("NaN" if math.isnan(bad_value) else
+                ("inf" if math.isinf(bad_value) else f"{bad_value:.6g} (|x| > {max_abs:g}, import.max_abs)"))
+        rel = (t_bad - bag_start) * 1e-9 if bag_start else t_bad * 1e-9
         raise UserError(
             f"{bag}: topic '{spec.topic}' field '{spec.field}': element {k} is {what} at t={rel:.3f} s into the bag"
         )
@@ -599,10 +605,10 @@ def import_bag(
             continue
         pieces = [ep]
         if len(ep.grid):
-            bad = step_faults(ep.grid, obs_arrays, obs_lags, limits, errors)
-            stale_steps += bad.sum(0)
-            n_stale += int(bad.any(1).sum())
-            pieces = split_valid(ep, bad.any(1))
+            faults = step_faults(ep.grid, obs_arrays, obs_lags, limits, errors)
+            stale_steps += faults.sum(0)
+            n_stale += int(faults.any(1).sum())
+            pieces = split_valid(ep, np.asarray(faults.any(1)))
         for piece in pieces:
             if len(piece.grid) < min_steps:
                 short_lengths.append(len(piece.grid))
@@ -646,11 +652,11 @@ def import_bag(
     long = long_episode_warning([(ep.grid[-1] - ep.grid[0]) * 1e-9 for ep in kept], isec.max_episode_s, seg.tried)
     if long is not None:
         findings.insert(0, checks.Finding("long-episode", long))
-    for f in findings:
-        log(str(f))
+    for finding in findings:
+        log(str(finding))
 
     successes = [ep.interval.success for ep in kept]
-    success = successes if seg.rule == "markers" and all(s is not None for s in successes) else None
+    success = [bool(s) for s in successes] if seg.rule == "markers" and all(s is not None for s in successes) else None
     meta: dict[str, Any] = {
         "source": {
             "bag": str(Path(bag_path).resolve()),

@@ -157,12 +157,12 @@ def robot_spec(config: dict[str, Any], dataset_meta: Optional[dict[str, Any]] = 
     dm = dataset_meta or {}
     if isinstance(dm.get("rate_hz"), (int, float)):
         spec["rate_hz"] = float(dm["rate_hz"])
-    recorded = dm.get("action_spec") if isinstance(dm.get("action_spec"), dict) else {}
+    recorded: dict[str, Any] = dm["action_spec"] if isinstance(dm.get("action_spec"), dict) else {}
     if recorded.get("joints") and isinstance(recorded["joints"], list):  # what the demonstrations commanded
         spec["action"] = {"joints": [str(j) for j in recorded["joints"]],
                           "meaning": str(recorded.get("meaning") or spec["action"]["meaning"]),
                           "interface": str(recorded.get("interface") or spec["action"]["interface"])}
-    source = dm.get("source") if isinstance(dm.get("source"), dict) else {}
+    source: dict[str, Any] = dm["source"] if isinstance(dm.get("source"), dict) else {}
     topics, t0, t1 = source.get("topics") or {}, source.get("start_ns"), source.get("end_ns")
     measured = dm.get("topic_rates_hz") if isinstance(dm.get("topic_rates_hz"), dict) else {}
     if measured:  # import-bag's rates

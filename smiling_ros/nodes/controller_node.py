@@ -201,9 +201,18 @@ class ControllerNode(LifecycleNode):
         self.configure_error = None
         return TransitionCallbackReturn.SUCCESS
 
+    @property
+    def _configured(self) -> ControllerSettings:
+        """The settings of a configured node."""
+        if self.settings is None:
+            raise RuntimeError("controller_node: not configured")
+        return self.settings
+
     def _configure(self) -> None:
         s = resolve_settings(self.param("config", ""), self.param("checkpoint", ""), self._user_params())
         cfg = s.config
+        if cfg is None:  # resolve_settings always reads the config
+            raise UserError("parameter 'config': no config")
         if s.sched_priority:  # before the loader thread starts, so that it inherits (one step lower)
             warning = set_sched_priority(s.sched_priority)
             if warning:
@@ -263,7 +272,7 @@ class ControllerNode(LifecycleNode):
         if self._stream is not None:
             self._stream.reset_stats()
             self._stream.start()
-            self._timer = self.create_timer(1.0 / self.settings.command_rate_hz, self._command_tick,
+            self._timer = self.create_timer(1.0 / float(self._configured.command_rate_hz or 1.0), self._command_tick,
                                             callback_group=self._control_group, clock=self._steady)
         else:
             self._timer = self.create_timer(self.settings.period_ns / 1e9, self._tick,
@@ -447,16 +456,16 @@ class ControllerNode(LifecycleNode):
             # Its bytes come on .../checkpoint: those are loaded, never a path on another machine.
             where = "sent with its bytes" if ann["transfer"] else "not on this machine"
             self.get_logger().info(f"policy announced: {path} {where}; waiting for its transfer "
-                                   f"on {blob_topic(self.settings.policy_topic)}")
+                                   f"on {blob_topic(self._configured.policy_topic)}")
             return
         self.get_logger().info(f"policy announced: {path}; loading")
         self._loader.request(Announced(path, ann["sha256"]))
 
     def _on_transfer(self, data: Any) -> None:
         if self._loader is not None:
-            self.get_logger().info(f"checkpoint received on {blob_topic(self.settings.policy_topic)} "
+            self.get_logger().info(f"checkpoint received on {blob_topic(self._configured.policy_topic)} "
                                    f"({len(data)} bytes); verifying")
-            self._loader.request(Transferred(data, blob_topic(self.settings.policy_topic)))
+            self._loader.request(Transferred(data, blob_topic(self._configured.policy_topic)))
 
     def _load_for_swap(self, item: Any) -> Any:
         s, loop = self.settings, self.loop
@@ -469,6 +478,8 @@ class ControllerNode(LifecycleNode):
         if int(policy.act_dim) != loop.act_dim:
             raise UserError(f"{path}: checkpoint for another robot: act_dim is {policy.act_dim} but the limits "
                             f"have {loop.act_dim} elements")
+        if s.config is None:
+            raise UserError(f"{path}: not configured")
         resolve_command(s.config, policy, path, loop.low, loop.high, s.period_ns / 1e9, s.command_topic)
         self._swap_sha = sha
         return policy, path
@@ -498,7 +509,7 @@ class ControllerNode(LifecycleNode):
                 status.level, status.message = DiagnosticStatus.WARN, "inactive"
             elif d["watchdog"] != "ok":
                 status.level = DiagnosticStatus.WARN
-                what = "holding the last command" if self.settings.fault_action == "hold" else "not commanding"
+                what = "holding the last command" if self._configured.fault_action == "hold" else "not commanding"
                 status.message = f"{d['watchdog']}: {what}" + (f" ({d['fault']})" if d["fault"] else "")
             else:
                 status.level = DiagnosticStatus.OK

@@ -198,8 +198,9 @@ class RecorderNode(Node):
         self.done = False
         self.exit_code = 0
         self._stop_at: Optional[float] = None
-        self.writer = None
         from smiling_ros.io.bag import BagWriter
+
+        self.writer: Optional[BagWriter] = None
 
         self.writer = BagWriter(self.output, storage=self.storage)  # last: nothing can fail after this
         self.stamper = SimTimeStamper(self.writer) if self.use_sim_time else None
@@ -229,8 +230,7 @@ class RecorderNode(Node):
         self.types.setdefault(self.marker_topic, _KNOWN_TYPES["episode"])  # markers are always recorded
         for name, request in (("start", self.takes.start), ("stop", self.takes.stop),
                               ("discard", self.takes.discard)):
-            self.create_service(Trigger, f"~/{name}_episode",
-                                lambda req, res, request=request: self._take_service(request, res))
+            self.create_service(Trigger, f"~/{name}_episode", self._take_handler(request))
         self.joy = None
         if rec.joy_topic:
             from sensor_msgs.msg import Joy
@@ -248,6 +248,12 @@ class RecorderNode(Node):
 
         self._marker_pub.publish(string_msg(marker_text(marker["event"], marker["episode"])))
 
+    def _take_handler(self, request: Any) -> Any:
+        """The service callback for one take request (start, stop or discard)."""
+        def handle(_req: Any, res: Any) -> Any:
+            return self._take_service(request, res)
+        return handle
+
     def _take_service(self, request, response):
         marker, line = request()
         if marker is not None:
@@ -259,15 +265,18 @@ class RecorderNode(Node):
 
     def _on_joy(self, msg) -> None:
         try:
+            if self.joy is None:
+                return
             events = self.joy.update(list(msg.buttons))
         except UserError as exc:
             self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
             return
+        msg_topic = self.joy.topic
         for event in events:
             marker, line = self.takes.toggle() if event == "toggle" else self.takes.discard()
             if marker is not None:
                 self._publish_marker(marker)
-                self.get_logger().info(f"{line} ({self.joy.topic})")
+                self.get_logger().info(f"{line} ({msg_topic})")
 
     # ------------------------------------------------------------------ subscriptions
     def _poll(self) -> None:
@@ -327,6 +336,8 @@ class RecorderNode(Node):
             raise UserError(f"topic '{topic}': configured type {msgtype} but publishers offer {', '.join(graph_types)}")
         cls = message_class(msgtype)
         qos, desc = self._qos(pubs)
+        if self.writer is None:
+            raise UserError(f"topic '{topic}': the recorder's bag is closed")
         self.writer.add_topic(topic, msgtype)
         self.types[topic] = msgtype
         marker = topic == self.marker_topic and msgtype == _KNOWN_TYPES["episode"]
@@ -356,7 +367,8 @@ class RecorderNode(Node):
             if stamper is not None:
                 stamper.add(topic, info["source_timestamp"], data)
             else:
-                writer.write(topic, info["received_timestamp"] or time.time_ns(), data)
+                if writer is not None:
+                    writer.write(topic, info["received_timestamp"] or time.time_ns(), data)
             if marker:
                 on_marker(data)
 
@@ -374,7 +386,9 @@ class RecorderNode(Node):
 
         return callback
 
-    def _on_clock(self, msg, info: dict) -> None:
+    def _on_clock(self, msg: Any, info: Any) -> None:
+        if self.stamper is None:
+            return
         self.stamper.clock(msg.clock.sec * 1_000_000_000 + msg.clock.nanosec, info["source_timestamp"] or None)
 
     def _on_marker(self, data: bytes) -> None:

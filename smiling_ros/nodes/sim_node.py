@@ -128,9 +128,10 @@ class SimNode(Node):
         max_steps = cfg.task.max_episode_steps if env_id == cfg.task.env else None
         self.env = make_env(env_id, seed=seed, max_episode_steps=max_steps, **kwargs_env)
         self._joint_state = joint_state
-        self.act_dim = int(np.prod(self.env.action_space.shape))
-        self.low = np.asarray(self.env.action_space.low, dtype=np.float64)
-        self.high = np.asarray(self.env.action_space.high, dtype=np.float64)
+        space: Any = self.env.action_space  # a Box (make_env refuses others)
+        self.act_dim = int(np.prod(space.shape))
+        self.low = np.asarray(space.low, dtype=np.float64)
+        self.high = np.asarray(space.high, dtype=np.float64)
         self.dt_ns = int(round(1e9 / self.rate_hz))
         env_dt = getattr(self.env.unwrapped, "dt", None)
         if env_dt and abs(env_dt * self.rate_hz - 1.0) > 1e-3:
@@ -156,10 +157,10 @@ class SimNode(Node):
         self.pub_js = self.create_publisher(JointState, self.topic_names["joint_states"], STATE)
         self.pub_obs = self.create_publisher(Float64MultiArray, self.topic_names["observation"], STATE)
         self.pub_episode = self.create_publisher(String, self.topic_names["episode"], EVENTS)
-        self.pub_clock = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
-        self._clock_msg = Clock() if self.publish_clock else None
-        self.pub_cmd = None
-        self.follower = None
+        self.pub_clock: Any = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
+        self._clock_msg: Any = Clock() if self.publish_clock else None
+        self.pub_cmd: Any = None
+        self.follower: Any = None
         self.interface = p("command_interface", cfg.command.interface)
         if self.interface not in ("forward", "joint_trajectory"):
             raise UserError(f"parameter 'command_interface': sim_node takes 'forward' or 'joint_trajectory', "
@@ -192,7 +193,7 @@ class SimNode(Node):
         self.exit_code = 0
         self._started = False
         self._matched_at: Optional[float] = None
-        self._timer = None
+        self._timer: Any = None
         period = 1.0 / (self.rate_hz * (self.time_scale if self.mode == "realtime" else 1.0))
         self._start_timer = self.create_timer(0.05, self._try_start, clock=steady_clock())
         self._period = period
@@ -209,12 +210,12 @@ class SimNode(Node):
 
             expert = scripted_expert(self.env, seed=seed)
             if expert is None:
-                raise UserError(f"parameter 'expert': task '{self.env.spec.id}' has no scripted expert "
+                raise UserError(f"parameter 'expert': task '{self.env.spec.id if self.env.spec else self.env}' has no scripted expert "
                                 "(give a policy checkpoint path instead)")
             return expert
         from smiling_ros.learn.policy import load_policy
 
-        obs_dim = int(np.prod(self.env.observation_space.shape))
+        obs_dim = int(np.prod(self.env.observation_space.shape or ()))
         return load_policy(name, device="cpu", obs_dim=obs_dim, act_dim=self.act_dim)
 
     def _make_follower(self, cfg: Any) -> Any:
@@ -288,7 +289,7 @@ class SimNode(Node):
         stamp = self._stamp_ns()
         names, pos, vel = self._joint_state(self.env)
         self.pub_js.publish(msgs.joint_state(names, pos, vel, stamp_ns=stamp))
-        self.pub_obs.publish(msgs.float64_array(self.obs))
+        self.pub_obs.publish(msgs.float64_array(np.asarray(self.obs)))
 
     def _begin_episode(self) -> None:
         self.obs, self.info = self.env.reset()

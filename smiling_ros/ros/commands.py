@@ -70,9 +70,10 @@ class CommandMessages:
         msg = self._msg
         if list(msg.joint_names) != cmd.joint_names:
             msg.joint_names = list(cmd.joint_names)
-        pool = getattr(self, "_points", None)
+        pool: Optional[list[Any]] = getattr(self, "_points", None)
         if pool is None:
-            pool = self._points = []
+            pool = []
+            self._points = pool
         while len(pool) < len(cmd.times_s):
             pool.append(JointTrajectoryPoint())
         points = pool[:len(cmd.times_s)]
@@ -149,6 +150,8 @@ class CommandOutput:
         self._q_ns = 0
         self._max_age_ns = int(max_joint_age_s * 1e9)
         self._index: Optional[list[int]] = None
+        self._names: list[str] = []
+        self._names_len = -1
         self._sub = None
         self.last_warning: Optional[str] = None
         if spec.needs_joint_positions:
@@ -193,7 +196,7 @@ class CommandOutput:
         if chunk is not None:
             if times_s is None:
                 times_s = np.arange(len(chunk)) * self.spec.step_s
-            return self.builder.chunk(chunk, times_s, q)
+            return self.builder.chunk(chunk, list(np.asarray(times_s, np.float64)), q)
         if action is None:
             return None
         return self.builder.single(action, q)

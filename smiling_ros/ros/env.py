@@ -166,10 +166,10 @@ class RosRobotEnv(gymnasium.Env):
             self._subs.append(self._node.create_subscription(
                 cls, topic, lambda msg, t=topic: self._on_observation(t, msg), SENSOR))
         self._subs.append(self._node.create_subscription(String, self.episode_topic, self._on_marker, EVENTS))
-        self._pub = self._node.create_publisher(command_message_class(self.cfg.command.interface),
-                                                self.command_topic, COMMAND)
-        self._out = None  # CommandOutput, once the action space is known
-        self._client = self._node.create_client(Trigger, self.reset_service)
+        self._pub: Any = self._node.create_publisher(command_message_class(self.cfg.command.interface),
+                                                     self.command_topic, COMMAND)
+        self._out: Any = None  # CommandOutput, once the action space is known
+        self._client: Any = self._node.create_client(Trigger, self.reset_service)
         self._trigger = Trigger
         self._executor = SingleThreadedExecutor(context=self._ctx)
         self._executor.add_node(self._node)
@@ -256,7 +256,7 @@ class RosRobotEnv(gymnasium.Env):
             dim = declared
             if dim is None:
                 self._initial_reset()
-                dim = int(self._last_obs.size)
+                dim = int(np.asarray(self._last_obs).size)
             observation_space = spaces.Box(-np.inf, np.inf, (dim,), np.float64)
         self.observation_space = observation_space
         self.action_space = action_space

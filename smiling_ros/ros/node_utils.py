@@ -48,7 +48,7 @@ def param(node, spec: ParamSpec, name: str, default: Any = None) -> Any:
         value = list(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise UserError(f"parameter '{name}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    if tp is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"parameter '{name}': must be finite, got {value}")
     return value
 
