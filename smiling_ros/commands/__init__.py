@@ -6,10 +6,16 @@ import argparse
 from typing import Any
 
 
-def add_offline_arguments(p: argparse.ArgumentParser) -> None:
-    """``--seed``, ``--quiet`` and ``--overwrite``, as every offline training verb takes them."""
+def add_offline_arguments(p: argparse.ArgumentParser, out_help: str, extra: Any = None) -> None:
+    """``--config``, ``--dataset``, ``--out`` (``out_help``), the verb's own (``extra(p)``), then ``--seed``,
+    ``--quiet`` and ``--overwrite``, as every offline training verb takes them."""
     from smiling_ros.io.outputs import add_overwrite_argument
 
+    p.add_argument("--config", required=True, help="task config (YAML path or shipped name)")
+    p.add_argument("--dataset", required=True, help="dataset directory with actions (from import-bag or rollout)")
+    p.add_argument("--out", required=True, help=out_help)
+    if extra is not None:
+        extra(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: config seed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_overwrite_argument(p)

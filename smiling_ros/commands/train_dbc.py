@@ -12,9 +12,10 @@ from smiling_ros.commands import add_offline_arguments, offline_inputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="task config (YAML path or shipped name)")
-    p.add_argument("--dataset", required=True, help="dataset directory (from import-bag or rollout) with actions")
-    p.add_argument("--out", required=True, help="output policy checkpoint (.safetensors)")
+    add_offline_arguments(p, "output policy checkpoint (.safetensors)", _own_arguments)
+
+
+def _own_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="policy gradient steps (default: dbc.steps)")
     p.add_argument("--dm-steps", type=int, default=None, help="diffusion pre-training steps (default: dbc.dm_steps)")
     p.add_argument("--lambda", dest="lambda_dm", type=float, default=None, help="weight of the diffusion term")
@@ -23,7 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use L_agent alone instead of max(L_agent - L_expert, 0) (ablation)")
     p.add_argument("--dm", default=None, help="reuse a trained joint diffusion model (OUT.dm.safetensors of a run)")
     p.add_argument("--episodes", type=int, default=None, help="use only the first N episodes of the dataset")
-    add_offline_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,16 +13,16 @@ from smiling_ros.commands import add_offline_arguments, offline_inputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="task config (YAML path or shipped name)")
-    p.add_argument("--dataset", required=True, help="dataset directory with actions (from import-bag or rollout)")
-    p.add_argument("--out", required=True, help="world-model checkpoint to write (.safetensors)")
+    add_offline_arguments(p, "world-model checkpoint to write (.safetensors)", _own_arguments)
+
+
+def _own_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="window-model gradient steps (default: dydiff.steps)")
     p.add_argument("--ensemble-steps", type=int, default=None, help="ensemble gradient steps (default: dydiff.ensemble_steps)")
     p.add_argument("--horizon", type=int, default=None, help="window length H (default: dydiff.horizon)")
     p.add_argument("--policy-out", default=None, help="also train TD3+BC with DyDiff rollouts; write this mlp_policy")
     p.add_argument("--offline-steps", type=int, default=None, help="TD3+BC steps (default: dydiff.td3bc.steps)")
     p.add_argument("--no-rollouts", action="store_true", help="TD3+BC on the real data only (the ablation)")
-    add_offline_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
