@@ -48,6 +48,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -56,7 +57,7 @@ import torch
 
 from smiling_ros.data.evaluation import EVAL_COLUMNS
 from smiling_ros.errors import UserError
-from smiling_ros.learn.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from smiling_ros.learn.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from smiling_ros.learn.logger import RunLogger, last_row
 from smiling_ros.learn.plots import plot_learning_curve
 
@@ -199,14 +200,31 @@ class _Timer:
         self.total += time.perf_counter() - self.t0
 
 
-def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Optional[int] = None,
-        resume: bool = False, device: str = "auto", callback: Optional[Callback] = None, progress: bool = True,
-        variant: Optional[str] = None, eval_env_fn: Optional[EnvFn] = None, seed: Optional[int] = None,
-        sac_opts=None, loop_opts: Optional[dict] = None, n_envs: Optional[int] = None, overwrite: bool = False) -> Path:
-    """One RL run on SMILING's loop. ``method``: 'smiling' | 'dac' | 'sac' (env reward, no
-    dataset needed). ``sac_opts`` overrides ``smiling.sac`` (train-expert passes ``expert.sac``);
-    ``loop_opts`` overrides other ``smiling`` keys (eval_every, checkpoint_every, ...);
-    ``n_envs`` overrides ``smiling.n_envs``."""
+@dataclass
+class RunSetup:
+    """A run's resolved options: the config's ``smiling`` section with the caller's overrides, and for a
+    resumed run what its checkpoint fixes (variant, seed, env copies, step budget)."""
+
+    method: str
+    reward_cls: Any  # the reward model class (REWARDS), None: the env's reward
+    opts: Any  # SmilingSection
+    sac: Any  # SacSection
+    out: Path
+    state_path: Path
+    ck: Optional[Checkpoint]  # the state of a resumed run
+    seed: int
+    total: int
+    n_envs: int
+    device: torch.device
+    env_fn: EnvFn
+    task: str
+
+
+def resolve_run(method: str, cfg, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Optional[int] = None,
+                resume: bool = False, device: str = "auto", variant: Optional[str] = None, seed: Optional[int] = None,
+                sac_opts=None, loop_opts: Optional[dict] = None, n_envs: Optional[int] = None,
+                overwrite: bool = False) -> RunSetup:
+    """Check and resolve :func:`run`'s options (one-line errors for bad ones); nothing is written."""
     import dataclasses
 
     from smiling_ros.learn.device import select_device
@@ -222,7 +240,6 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         opts = dataclasses.replace(opts, variant=variant)
     if loop_opts:
         opts = dataclasses.replace(opts, **loop_opts)
-    sac_o = sac_opts or opts.sac
     out = Path(out_dir)
     state_path = out / "state.safetensors"
     if state_path.exists() and not resume and not overwrite:
@@ -256,9 +273,46 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
         print(f"{method}: {total} env steps is not a multiple of n_envs={n_envs}; running "
               f"{round_to_envs(total, n_envs)}", file=sys.stderr)
         total = round_to_envs(total, n_envs)
-    dev = select_device(device)
-    env_fn = env_fn or default_env_fn(cfg)
-    task = cfg.task.env or "robot"
+    return RunSetup(method, reward_cls, opts, sac_opts or opts.sac, out, state_path, ck, seed, total, n_envs,
+                    select_device(device), env_fn or default_env_fn(cfg), cfg.task.env or "robot")
+
+
+class Relabel:
+    """The imitation reward of a sampled batch, computed with the current reward model (never stored).
+
+    With ``absorbing``, a transition into a true termination (``dones`` excludes time limits) also
+    collects the value of an absorbing state that the expert never visits: the reward model's
+    ``absorbing_reward`` (SMILING: the batch's lowest reward; DAC: 0, the limit of -log(1 - sigmoid(D))
+    where D rejects) at every later step, gamma / (1 - gamma) * r_abs, folded into its reward because
+    SAC's target does not bootstrap past termination. Without it a zero-mean imitation reward makes
+    falling (Hopper) cost nothing."""
+
+    def __init__(self, reward_model: Any, variant: str, absorb: bool, gamma: float, timer: "_Timer"):
+        self.reward_model, self.variant, self.absorb, self.timer = reward_model, variant, absorb, timer
+        self.k_abs = gamma / (1 - gamma) if absorb else 0.0
+
+    def __call__(self, samples: Any) -> torch.Tensor:
+        from smiling_ros.methods.smiling.buffer import sample_inputs
+
+        with self.timer:
+            r = self.reward_model.reward(sample_inputs(samples, self.variant))
+            if self.absorb:
+                r = r + samples.dones.view(-1).to(r.dtype) * self.k_abs * self.reward_model.absorbing_reward(r)
+            return r
+
+
+def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, total_steps: Optional[int] = None,
+        resume: bool = False, device: str = "auto", callback: Optional[Callback] = None, progress: bool = True,
+        variant: Optional[str] = None, eval_env_fn: Optional[EnvFn] = None, seed: Optional[int] = None,
+        sac_opts=None, loop_opts: Optional[dict] = None, n_envs: Optional[int] = None, overwrite: bool = False) -> Path:
+    """One RL run on SMILING's loop. ``method``: a key of :data:`REWARDS` ('smiling' | 'dac' | 'sac': env
+    reward, no dataset needed). ``sac_opts`` overrides ``smiling.sac`` (train-expert passes ``expert.sac``);
+    ``loop_opts`` overrides other ``smiling`` keys (eval_every, checkpoint_every, ...);
+    ``n_envs`` overrides ``smiling.n_envs``."""
+    rs = resolve_run(method, cfg, out_dir, env_fn, total_steps, resume, device, variant, seed, sac_opts, loop_opts,
+                     n_envs, overwrite)
+    reward_cls, opts, sac_o, out, state_path, ck = rs.reward_cls, rs.opts, rs.sac, rs.out, rs.state_path, rs.ck
+    seed, total, n_envs, dev, env_fn, task = rs.seed, rs.total, rs.n_envs, rs.device, rs.env_fn, rs.task
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -275,7 +329,6 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             check_dataset(dataset, obs_dim, act_dim, opts.variant, opts.min_demo_states, task)
         out.mkdir(parents=True, exist_ok=True)
 
-        from smiling_ros.methods.smiling.buffer import sample_inputs
         from smiling_ros.methods.smiling.rl import build_sac, export_actor, load_sac_state, sac_state
 
         model = build_sac(make_vec_env(envs), sac_o, dev, seed)
@@ -289,25 +342,8 @@ def run(method: str, cfg, dataset, out_dir, env_fn: Optional[EnvFn] = None, tota
             low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
             x_exp = expert_inputs(dataset.obs, dataset.act, opts.variant, low, high)
             reward_model = reward_cls(x_exp, opts, dev, seed)
-
             absorb = opts.absorbing and sac_o.gamma < 1
-            k_abs = sac_o.gamma / (1 - sac_o.gamma) if absorb else 0.0
-
-            def relabel(samples):
-                """Imitation reward of a sampled batch. With ``absorbing``, a transition into a true
-                termination (``dones`` excludes time limits) also collects the value of an absorbing
-                state that the expert never visits: the reward model's ``absorbing_reward`` (SMILING:
-                the batch's lowest reward; DAC: 0, the limit of -log(1 - sigmoid(D)) where D rejects)
-                at every later step, gamma / (1 - gamma) * r_abs, folded into its reward because
-                SAC's target does not bootstrap past termination. Without it a zero-mean imitation
-                reward makes falling (Hopper) cost nothing."""
-                with t_reward:
-                    r = reward_model.reward(sample_inputs(samples, opts.variant))
-                    if absorb:
-                        r = r + samples.dones.view(-1).to(r.dtype) * k_abs * reward_model.absorbing_reward(r)
-                    return r
-
-            buffer.relabel = relabel
+            buffer.relabel = Relabel(reward_model, opts.variant, absorb, sac_o.gamma, t_reward)
 
         base_meta = {
             "task": task, "method": method, "variant": opts.variant if reward_cls is not None else None,
