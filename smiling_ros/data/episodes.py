@@ -471,18 +471,18 @@ class Takes:
         return {"event": "start", "episode": self.episode}, f"take {self.episode} started"
 
     def stop(self) -> tuple[Optional[dict[str, Any]], str]:
-        if not self.open:
-            return None, "no open take to stop"
-        self.open = False
-        self.episode += 1
-        return {"event": "end", "episode": self.episode - 1}, f"take {self.episode - 1} ended"
+        return self._close("end", "stop", "ended")
 
     def discard(self) -> tuple[Optional[dict[str, Any]], str]:
+        return self._close("discard", "discard", "discarded")
+
+    def _close(self, event: str, verb: str, done: str) -> tuple[Optional[dict[str, Any]], str]:
+        """Close the open take with marker ``event`` (``end`` or ``discard``)."""
         if not self.open:
-            return None, "no open take to discard"
+            return None, f"no open take to {verb}"
         self.open = False
         self.episode += 1
-        return {"event": "discard", "episode": self.episode - 1}, f"take {self.episode - 1} discarded"
+        return {"event": event, "episode": self.episode - 1}, f"take {self.episode - 1} {done}"
 
     def toggle(self) -> tuple[Optional[dict[str, Any]], str]:
         return self.stop() if self.open else self.start()
