@@ -41,15 +41,20 @@ def describe_mode(mode: int) -> str:
     return "not a regular file"
 
 
-def check_file(path: str | Path, what: str = "file") -> os.stat_result:
-    """Refuse anything at ``path`` but an existing regular file (symbolic links are followed)."""
-    p = Path(path)
+def _stat(p: Path, what: str) -> os.stat_result:
+    """``os.stat`` (links followed) with one-line errors naming ``what``."""
     try:
-        st = os.stat(p)
+        return os.stat(p)
     except FileNotFoundError:
         raise UserError(f"{p}: {what} not found") from None
     except OSError as exc:
         raise UserError(f"{p}: cannot read {what} ({exc.strerror})") from None
+
+
+def check_file(path: str | Path, what: str = "file") -> os.stat_result:
+    """Refuse anything at ``path`` but an existing regular file (symbolic links are followed)."""
+    p = Path(path)
+    st = _stat(p, what)
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{p}: cannot read {what} (it is {describe_mode(st.st_mode)}, not a regular file)")
     return st
@@ -58,12 +63,7 @@ def check_file(path: str | Path, what: str = "file") -> os.stat_result:
 def check_dir(path: str | Path, what: str = "directory") -> os.stat_result:
     """Refuse anything at ``path`` but an existing directory."""
     p = Path(path)
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise UserError(f"{p}: {what} not found") from None
-    except OSError as exc:
-        raise UserError(f"{p}: cannot read {what} ({exc.strerror})") from None
+    st = _stat(p, what)
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(f"{p}: is {describe_mode(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}, "
                         f"not a directory ({what} expected)")
