@@ -56,7 +56,7 @@ import numpy as np
 
 from smiling_ros.config import Config, FieldSpec
 from smiling_ros.errors import UserError
-from smiling_ros.io.fields import VectorAssembler, normalize_msgtype
+from smiling_ros.io.fields import VectorAssembler, header_stamp_ns, normalize_msgtype
 
 if TYPE_CHECKING:
     from smiling_ros.data.dataset import Dataset
@@ -280,18 +280,6 @@ def _check_topics(reader, specs: list[FieldSpec], role: str, bag: str) -> tuple[
     return types, missing
 
 
-def _header_ns(msg: Any) -> Optional[int]:
-    """``msg.header.stamp`` in ns (None without a header or with an unset stamp)."""
-    st = getattr(getattr(msg, "header", None), "stamp", None)
-    if st is None:
-        return None
-    try:
-        ns = int(st.sec) * 1_000_000_000 + int(st.nanosec)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return ns if ns > 0 else None
-
-
 class IdleSignal:
     """Collects the speed of the ``import.idle_joints`` (velocity where the JointState carries it,
     else position, differentiated later by :func:`smiling_ros.data.episodes.joint_speeds`)."""
@@ -494,7 +482,7 @@ def import_bag(
                     if topic not in data_topics:
                         continue
                 receive[topic].append(stamp)
-                h = _header_ns(msg)
+                h = header_stamp_ns(msg)
                 if h is not None:
                     header[topic].append(h)
                 try:
