@@ -138,6 +138,23 @@ def make_goods(d: Path) -> dict[str, Path]:
             "bag_config": write_config(d / "bag_cfg.yaml")}
 
 
+def draw_batch(n: int, *strategies) -> list[tuple]:
+    """``n`` tuples drawn by hypothesis from ``strategies``."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    drawn: list[tuple] = []
+
+    @settings(max_examples=n, deadline=None, phases=[Phase.generate], database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.tuples(*strategies))
+    def draw(values):
+        drawn.append(values)
+
+    draw()
+    return drawn
+
+
 def judge(res: dict, before: dict, after: dict) -> list[str]:
     """Invariant violations of one run (empty: fine)."""
     bad = []
@@ -173,7 +190,6 @@ def main() -> None:
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from cli_batch import run_batch, snapshot
-    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
     out_dir = Path(a.out)
@@ -190,16 +206,9 @@ def main() -> None:
     likely = {r: (["missing"] if r in ("out", "sibling") else ["good"]) * len(STATES) for r in roles}
     try:
         while time.monotonic() - t0 < a.seconds:
-            drawn: list[tuple] = []
-
-            @settings(max_examples=a.batch, deadline=None, phases=[Phase.generate], database=None,
-                      suppress_health_check=list(HealthCheck))
-            @given(st.sampled_from(VERBS),
-                   st.fixed_dictionaries({r: st.sampled_from(likely[r] + STATES) for r in roles}), st.booleans())
-            def draw(verb, states, overwrite, drawn=drawn):
-                drawn.append((verb, states, overwrite))
-
-            draw()
+            drawn = draw_batch(a.batch, st.sampled_from(VERBS),
+                               st.fixed_dictionaries({r: st.sampled_from(likely[r] + STATES) for r in roles}),
+                               st.booleans())
             cases, befores = [], []
             for verb, states, overwrite in drawn:
                 w = work / f"w{n_world}"
