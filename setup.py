@@ -52,7 +52,21 @@ setup(
             "ros-diagnostic-msgs",
             "ros-lifecycle-msgs",
         ],
-        "test": ["pytest>=7", "hypothesis>=6", "colcon-common-extensions", "colcon-ros", "ruff>=0.5", "mypy>=1.8"],
+        # The same for ROS 2 Jazzy (rclpy 7.x); install one of "ros" and "jazzy", never both.
+        "jazzy": [
+            "ros-jazzy-rclpy",
+            "ros-jazzy-rmw-fastrtps-cpp",
+            "ros-jazzy-std-msgs",
+            "ros-jazzy-std-srvs",
+            "ros-jazzy-sensor-msgs",
+            "ros-jazzy-geometry-msgs",
+            "ros-jazzy-diagnostic-msgs",
+            "ros-jazzy-lifecycle-msgs",
+            "ros-jazzy-rosgraph-msgs",
+        ],
+        # pytest < 8.4: launch_pytest and launch_testing (the ROS 2 launch test frameworks, Jazzy
+        # branches) use fixture and hook internals that pytest 8.4 changed.
+        "test": ["pytest>=7,<8.4", "hypothesis>=6", "psutil>=5.9", "colcon-common-extensions", "colcon-ros", "ruff>=0.5", "mypy>=1.8"],
     },
     entry_points={
         "console_scripts": [f"smiling-ros = {PACKAGE}.cli:main"]

@@ -9,14 +9,12 @@ dataset, and the controller deploying each policy the trainer announces (hot swa
 The one-command, ROS-install-free version of the whole pipeline is `smiling-ros demo`.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
-from launch.events import matches_action
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
-from lifecycle_msgs.msg import Transition
+
+from smiling_ros.ros.launch_actions import lifecycle_bringup, required
 
 
 def generate_launch_description():
@@ -35,38 +33,36 @@ def generate_launch_description():
             "autostart": False,
         }],
     )
+    sim = Node(
+        package="smiling_ros",
+        executable="sim_node",
+        name="sim_node",
+        output="screen",
+        parameters=[params, {"config": config, "mode": "realtime"}],
+    )
+    trainer = Node(
+        package="smiling_ros",
+        executable="trainer_node",
+        name="trainer_node",
+        output="screen",
+        parameters=[params, {
+            "config": config,
+            "dataset": LaunchConfiguration("dataset"),
+            "out_dir": LaunchConfiguration("out_dir"),
+            "steps": LaunchConfiguration("steps"),
+            "backend": "mujoco",
+        }],
+    )
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value="arm_reach", description="task config (name or path)"),
         DeclareLaunchArgument("dataset", description="dataset directory (smiling-ros import-bag)"),
         DeclareLaunchArgument("checkpoint", description="initial policy for the controller"),
         DeclareLaunchArgument("out_dir", default_value="runs/demo_live", description="trainer run directory"),
         DeclareLaunchArgument("steps", default_value="20000", description="trainer environment steps"),
-        Node(
-            package="smiling_ros",
-            executable="sim_node",
-            name="sim_node",
-            output="screen",
-            parameters=[params, {"config": config, "mode": "realtime"}],
-        ),
-        Node(
-            package="smiling_ros",
-            executable="trainer_node",
-            name="trainer_node",
-            output="screen",
-            parameters=[params, {
-                "config": config,
-                "dataset": LaunchConfiguration("dataset"),
-                "out_dir": LaunchConfiguration("out_dir"),
-                "steps": LaunchConfiguration("steps"),
-                "backend": "mujoco",
-            }],
-        ),
-        RegisterEventHandler(OnStateTransition(
-            target_lifecycle_node=controller, start_state="configuring", goal_state="inactive",
-            entities=[EmitEvent(event=ChangeState(
-                lifecycle_node_matcher=matches_action(controller), transition_id=Transition.TRANSITION_ACTIVATE))],
-        )),
-        controller,
-        EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(controller), transition_id=Transition.TRANSITION_CONFIGURE)),
+        sim,
+        trainer,
+        required(sim),
+        required(trainer),
+        required(controller),
+        *lifecycle_bringup(controller, "controller_node"),
     ])

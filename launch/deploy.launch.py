@@ -10,18 +10,19 @@ sim:=false and point config at the robot's task file (topics, fields, limits).
 Launch arguments left empty are unset: the robot config decides. config/nodes.yaml has no
 controller_node entry, and the controller's safety settings (stop_action, watchdog_periods,
 rate limits, ...) are read from the robot config only.
+
+If the controller fails to configure (e.g. a checkpoint for another robot) or a node exits with
+a non-zero code, the launch stops and exits with code 1.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-from lifecycle_msgs.msg import Transition
+
+from smiling_ros.ros.launch_actions import lifecycle_bringup, required
 
 
 def generate_launch_description():
@@ -43,13 +44,15 @@ def generate_launch_description():
             "autostart": False,
         }],
     )
-    configure = EmitEvent(event=ChangeState(
-        lifecycle_node_matcher=matches_action(controller), transition_id=Transition.TRANSITION_CONFIGURE))
-    activate_when_configured = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=controller, start_state="configuring", goal_state="inactive",
-        entities=[EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(controller), transition_id=Transition.TRANSITION_ACTIVATE))],
-    ))
+    sim = Node(
+        package="smiling_ros",
+        executable="sim_node",
+        name="sim_node",
+        output="screen",
+        condition=IfCondition(LaunchConfiguration("sim")),
+        parameters=[params, {"config": config, "mode": "realtime",
+                             "command_topic": LaunchConfiguration("command_topic")}],
+    )
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value="arm_reach", description="task/robot config (name or path)"),
         DeclareLaunchArgument("checkpoint", description="policy checkpoint (.safetensors)"),
@@ -58,16 +61,8 @@ def generate_launch_description():
         DeclareLaunchArgument("command_topic", default_value="",
                               description="ros2_control command topic; empty: from the config"),
         DeclareLaunchArgument("sim", default_value="true", description="also run the simulated robot"),
-        Node(
-            package="smiling_ros",
-            executable="sim_node",
-            name="sim_node",
-            output="screen",
-            condition=IfCondition(LaunchConfiguration("sim")),
-            parameters=[params, {"config": config, "mode": "realtime",
-                                 "command_topic": LaunchConfiguration("command_topic")}],
-        ),
-        activate_when_configured,
-        controller,
-        configure,
+        sim,
+        required(sim),
+        required(controller),
+        *lifecycle_bringup(controller, "controller_node"),
     ])

@@ -7,19 +7,50 @@
 backend 'mujoco' steps the task in-process; backend 'ros' steps a robot over ROS 2 topics (here
 the simulated one, started in lockstep mode). The trainer announces each new policy checkpoint
 on the policy topic, so a running controller_node picks it up.
+
+The launch ends when training ends (exit code 1 if the trainer or the robot failed). On Ctrl-C
+the trainer writes a final checkpoint and exits first; the simulated robot keeps stepping until
+the trainer has left (sim_node stop_after), so the trainer's last steps still reach it.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.conditions import LaunchConfigurationEquals
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.conditions import IfCondition
+from launch.substitutions import EqualsSubstitution, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from smiling_ros.ros.launch_actions import required
 
 
 def generate_launch_description():
     params = PathJoinSubstitution([FindPackageShare("smiling_ros"), "config", "nodes.yaml"])
     config = LaunchConfiguration("config")
+    sim = Node(
+        package="smiling_ros",
+        executable="sim_node",
+        name="sim_node",
+        output="screen",
+        condition=IfCondition(EqualsSubstitution(LaunchConfiguration("backend"), "ros")),
+        parameters=[params, {"config": config, "mode": "lockstep", "stop_after": ["trainer_node"]}],
+    )
+    trainer = Node(
+        package="smiling_ros",
+        executable="trainer_node",
+        name="trainer_node",
+        output="screen",
+        parameters=[params, {
+            "config": config,
+            "dataset": LaunchConfiguration("dataset"),
+            "out_dir": LaunchConfiguration("out_dir"),
+            "steps": LaunchConfiguration("steps"),
+            "backend": LaunchConfiguration("backend"),
+            "device": LaunchConfiguration("device"),
+            "resume": LaunchConfiguration("resume"),
+            # Empty means "from the config": passed as a string so YAML never sees ''.
+            "n_envs": ParameterValue(LaunchConfiguration("n_envs"), value_type=str),
+        }],
+    )
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value="arm_reach", description="task config (name or path)"),
         DeclareLaunchArgument("dataset", description="dataset directory (smiling-ros import-bag)"),
@@ -30,29 +61,8 @@ def generate_launch_description():
         DeclareLaunchArgument("resume", default_value="false", description="continue from out_dir"),
         DeclareLaunchArgument("n_envs", default_value="",
                               description="backend 'mujoco': simulator copies; empty: the config's smiling.n_envs"),
-        Node(
-            package="smiling_ros",
-            executable="sim_node",
-            name="sim_node",
-            output="screen",
-            condition=LaunchConfigurationEquals("backend", "ros"),
-            parameters=[params, {"config": config, "mode": "lockstep"}],
-        ),
-        Node(
-            package="smiling_ros",
-            executable="trainer_node",
-            name="trainer_node",
-            output="screen",
-            parameters=[params, {
-                "config": config,
-                "dataset": LaunchConfiguration("dataset"),
-                "out_dir": LaunchConfiguration("out_dir"),
-                "steps": LaunchConfiguration("steps"),
-                "backend": LaunchConfiguration("backend"),
-                "device": LaunchConfiguration("device"),
-                "resume": LaunchConfiguration("resume"),
-                # Empty means "from the config": passed as a string so YAML never sees ''.
-                "n_envs": ParameterValue(LaunchConfiguration("n_envs"), value_type=str),
-            }],
-        ),
+        sim,
+        trainer,
+        required(sim),
+        required(trainer, shutdown_on_success=True),
     ])

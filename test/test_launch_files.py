@@ -1,12 +1,13 @@
-"""Launch files: structure, executables and parameters.
+"""Launch files: structure, executables and parameters, without `launch` installed.
 
-`launch` and `launch_ros` have no wheels, so they cannot be installed here. This test imports each
-launch file against a small STAND-IN for those modules that records what the file builds
-(nodes, arguments, lifecycle events), then checks it against the real package: every executable
-is a console script of this package, every parameter passed (inline or in config/nodes.yaml) is
-one the node declares, every LaunchConfiguration refers to a declared argument, and lifecycle
-nodes are configured and then activated. Where ROS 2 is installed, `ros2 launch` runs the same
-files with the real modules.
+This test imports each launch file against a small STAND-IN for the launch modules that records
+what the file builds (nodes, arguments, lifecycle events, exit handlers), then checks it against
+the real package: every executable is a console script of this package, every parameter passed
+(inline or in config/nodes.yaml) is one the node declares, every LaunchConfiguration refers to a
+declared argument, every node's exit is watched, lifecycle nodes are configured and then
+activated, and no deprecated launch API is used (the stand-in does not offer it). It runs on any
+machine; test_ros2_launch.py runs the same files under the real `ros2 launch` where the launch
+wheels and colcon are installed.
 """
 import importlib
 import importlib.util
@@ -71,12 +72,15 @@ def _install_standin(monkeypatch):
         "launch": {"LaunchDescription": LaunchDescription},
         "launch.actions": {n: _cls(n) for n in ("DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler",
                                                  "IncludeLaunchDescription", "TimerAction", "ExecuteProcess",
-                                                 "GroupAction", "LogInfo")},
+                                                 "GroupAction", "LogInfo", "OpaqueFunction")},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
                                  "PathJoinSubstitution": PathJoinSubstitution,
                                  "PythonExpression": _cls("PythonExpression"),
-                                 "TextSubstitution": _cls("TextSubstitution")},
-        "launch.conditions": {n: _cls(n) for n in ("IfCondition", "UnlessCondition", "LaunchConfigurationEquals")},
+                                 "TextSubstitution": _cls("TextSubstitution"),
+                                 "EqualsSubstitution": _cls("EqualsSubstitution"),
+                                 "NotEqualsSubstitution": _cls("NotEqualsSubstitution")},
+        # LaunchConfigurationEquals/NotEquals are deprecated (EqualsSubstitution replaces them).
+        "launch.conditions": {n: _cls(n) for n in ("IfCondition", "UnlessCondition")},
         "launch.events": {"matches_action": matches_action, "Shutdown": _cls("Shutdown")},
         "launch.event_handlers": {n: _cls(n) for n in ("OnProcessExit", "OnProcessStart")},
         "launch_ros": {},
@@ -95,6 +99,8 @@ def _install_standin(monkeypatch):
 
 def _load(path, monkeypatch):
     _install_standin(monkeypatch)
+    # The launch files' shared actions, imported afresh against the stand-in.
+    monkeypatch.delitem(sys.modules, "smiling_ros.ros.launch_actions", raising=False)
     spec = importlib.util.spec_from_file_location(f"launchfile_{path.stem.replace('.', '_')}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -173,6 +179,10 @@ def test_launch_file_structure(path, monkeypatch):
                 section = yaml.safe_load(params_file.read_text()).get(node.kwargs["name"], {})
                 unknown = set(section.get("ros__parameters", {})) - declared
                 assert not unknown, f"{params_file.name}: {exe} does not declare {unknown}"
+
+    watched = {id(e.kwargs.get("target_action")) for e in entities if type(e).__name__ == "OnProcessExit"}
+    for node in nodes:
+        assert id(node) in watched, f"{node.kwargs['name']}: its exit is not handled (a failing node must end the launch)"
 
     for node in (n for n in nodes if n.lifecycle):
         changes = [e for e in entities if type(e).__name__ == "ChangeState"

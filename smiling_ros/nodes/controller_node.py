@@ -543,10 +543,10 @@ def make_executor(kind: str, context: Any = None) -> tuple[Any, str]:
     if kind in ("events", "auto"):
         try:
             from rclpy.experimental import EventsExecutor
-        except ImportError:  # rclpy before Kilted
+        except ImportError:  # rclpy before Jazzy
             if kind == "events":
-                raise UserError("parameter 'executor': 'events' needs rclpy's EventsExecutor (ROS 2 Kilted or "
-                                "later); use 'single'") from None
+                raise UserError("parameter 'executor': 'events' needs rclpy's EventsExecutor (rclpy.experimental, "
+                                "ROS 2 Jazzy or later); use 'single'") from None
         else:
             return EventsExecutor(context=context), "events"
     if kind == "multi":

@@ -204,7 +204,8 @@ class RecorderNode(Node):
 
         self.writer = BagWriter(self.output, storage=self.storage)  # last: nothing can fail after this
         self.stamper = SimTimeStamper(self.writer) if self.use_sim_time else None
-        self.lost: dict[str, int] = {}  # messages missing from publishers' sequence numbers, per topic
+        # Messages missing from publishers' sequence numbers, per topic (None: cannot tell).
+        self.lost: dict[str, Optional[int]] = {}
         self._last_seq: dict[tuple[str, bytes], int] = {}
         self._setup_takes(cfg, p)
         self._poll_timer = self.create_timer(0.05, self._poll, clock=steady_clock())
@@ -356,14 +357,23 @@ class RecorderNode(Node):
         on_marker = self._on_marker
         subs = self._subs
 
+        def count(seq: int, gid: Optional[dict]) -> None:
+            # Sequence numbers count per publisher. Jazzy's message info has no publisher_gid:
+            # there a topic's numbers are followed as one stream, and a number that does not
+            # increase means several publishers (or a restarted one): losses are then unknown.
+            key = (topic, gid["data"] if gid else None)
+            prev = last_seq.get(key)
+            if prev is not None and gid is None and seq <= prev:
+                lost[topic] = None
+                return
+            if prev is not None and seq > prev + 1:
+                lost[topic] += seq - prev - 1
+            last_seq[key] = seq
+
         def handle(data: bytes, info: dict) -> None:
             seq = info.get("publication_sequence_number")
-            if seq:
-                key = (topic, info["publisher_gid"]["data"])
-                prev = last_seq.get(key)
-                if prev is not None and seq > prev + 1:
-                    lost[topic] += seq - prev - 1
-                last_seq[key] = seq
+            if seq and lost[topic] is not None:
+                count(seq, info.get("publisher_gid"))
             if stamper is not None:
                 stamper.add(topic, info["source_timestamp"], data)
             else:

@@ -78,6 +78,7 @@ from smiling_ros.ros.node_utils import ParamSpec, declare_params, param, run_nod
 from smiling_ros.ros.qos import EVENTS, SENSOR, STATE
 
 NODE_NAME = "sim_node"
+LINGER_S = 30.0  # longest wait for the ``stop_after`` nodes after SIGINT
 
 PARAMETERS: ParamSpec = {
     "config": (str, "task config: a YAML path or a shipped name (arm_reach, hopper); default arm_reach"),
@@ -95,6 +96,8 @@ PARAMETERS: ParamSpec = {
     "command_topic": (str, "unset: the config's command.topic, else topics.command"),
     "command_interface": (str, "'forward' or 'joint_trajectory'; unset: the config's command.interface"),
     "episode_topic": (str, "unset: the config's topics.episode"),
+    "stop_after": (list, "node names (e.g. trainer_node): on SIGINT keep serving until they have left the ROS graph "
+                         f"(a trainer writing its final checkpoint), at most {LINGER_S:g} s; SIGTERM stops at once"),
 }
 
 
@@ -123,6 +126,8 @@ class SimNode(Node):
         self.publish_clock = p("publish_clock", False)
         self.max_episodes = p("max_episodes", 0)
         self.wait_for = p("wait_for_subscribers", 0)
+        self.stop_after = [n.strip("/") for n in p("stop_after", [])]
+        self._linger_until: Optional[float] = None
         seed = p("seed", cfg.seed)
         kwargs_env = dict(cfg.task.env_kwargs) if env_id == cfg.task.env else {}
         max_steps = cfg.task.max_episode_steps if env_id == cfg.task.env else None
@@ -402,6 +407,18 @@ class SimNode(Node):
         response.success = not self.done
         response.message = json.dumps({"episode": self.episode, "observation": self.obs.tolist()})
         return response
+
+    def linger(self) -> bool:
+        """After SIGINT (see run_node): True while a node named in ``stop_after`` is still in the
+        graph, so a trainer stops first and the robot after it."""
+        if not self.stop_after:
+            return False
+        now = time.monotonic()
+        if self._linger_until is None:
+            self._linger_until = now + LINGER_S
+            self.get_logger().info(f"stopping once {', '.join(self.stop_after)} left (at most {LINGER_S:g} s)")
+        present = set(self.get_node_names()) & set(self.stop_after)
+        return bool(present) and now < self._linger_until
 
     def close(self) -> None:
         self.env.close()

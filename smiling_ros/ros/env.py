@@ -158,8 +158,11 @@ class RosRobotEnv(gymnasium.Env):
 
         ensure_local_dds()
         self._ctx = rclpy.Context()
-        rclpy.init(context=self._ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self._node = rclpy.create_node(node_name, context=self._ctx)
+        # args=[] and use_global_arguments=False: the program's command line (a launch file's
+        # ``__node:=`` remap, ``--params-file``) belongs to the program's own node, never to this one.
+        rclpy.init(args=[], context=self._ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self._node = rclpy.create_node(node_name, context=self._ctx, use_global_arguments=False,
+                                       start_parameter_services=False)
         self._subs = []
         for topic in self._topics:
             cls = msgs.message_class(self._types[topic])

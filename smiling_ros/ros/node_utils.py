@@ -2,6 +2,7 @@
 values fall back to the task config, and a main loop with clean SIGINT/SIGTERM shutdown."""
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import sys
@@ -65,6 +66,11 @@ def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = 
     """Init rclpy, build the node with ``factory()`` and spin it until SIGINT/SIGTERM or until the
     node sets ``node.done``; then call ``node.close()`` (if it has one) and shut down.
 
+    After SIGINT, a node with a ``linger()`` method keeps spinning while it returns True (a
+    simulated robot serving a trainer that writes its final checkpoint); SIGTERM ends that at
+    once. The handlers stay installed until the process exits: a second SIGINT (a terminal's
+    Ctrl-C and a non-interactive ``ros2 launch`` both send one) never interrupts the shutdown.
+
     Returns the exit status: 0, or 2 with one line on stderr for a :class:`UserError` (bad
     parameter, config or topic), never a traceback for bad input.
     """
@@ -73,12 +79,19 @@ def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = 
     ensure_local_dds()
     args = sys.argv if argv is None else argv
     stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(sig, _frame) -> None:
+        signals.append(sig)
+        stop.set()
+
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # noqa: BLE001 - malformed --ros-args
         print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     node = None
     code = 0
     try:
@@ -87,6 +100,10 @@ def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = 
         executor.add_node(node)
         while not stop.is_set() and not getattr(node, "done", False) and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
+        linger = getattr(node, "linger", None)
+        if signal.SIGINT in signals and callable(linger):
+            while signal.SIGTERM not in signals and not getattr(node, "done", False) and rclpy.ok() and linger():
+                executor.spin_once(timeout_sec=0.1)
         code = int(getattr(node, "exit_code", 0) or 0)
     except UserError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
@@ -104,8 +121,10 @@ def run_node(name: str, factory: Callable[[], Any], argv: Optional[list[str]] = 
                 print(f"{name}: error: {exc}", file=sys.stderr)
                 code = code or exc.exit_code
             node.destroy_node()
+        else:
+            # The factory raised: its half-built node (kept alive by reference cycles) must be
+            # collected before the context goes, or its handles are freed after it (a crash at exit).
+            gc.collect()
         if rclpy.ok():
             rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return code
