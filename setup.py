@@ -60,6 +60,7 @@ setup(
             "ros-jazzy-std-srvs",
             "ros-jazzy-sensor-msgs",
             "ros-jazzy-geometry-msgs",
+            "ros-jazzy-trajectory-msgs",
             "ros-jazzy-diagnostic-msgs",
             "ros-jazzy-lifecycle-msgs",
             "ros-jazzy-rosgraph-msgs",

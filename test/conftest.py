@@ -1,6 +1,7 @@
 """Test environment: loopback-only DDS, a ROS domain of this test process's own, and every
 process a test starts reaped when the test ends, whether it passed or not."""
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -82,6 +83,7 @@ def _reap_test_processes(request):
         request.node.add_report_section("teardown", "reaped", "\n".join(left))
 
 
+@functools.lru_cache(maxsize=None)
 def ros_available() -> bool:
     try:
         import rclpy  # noqa: F401
@@ -89,6 +91,16 @@ def ros_available() -> bool:
     except Exception:  # noqa: BLE001
         return False
     return True
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``ros`` are skipped, saying why, where rclpy is not installed."""
+    if ros_available():
+        return
+    skip = pytest.mark.skip(reason="rclpy wheels / ROS 2 not installed")
+    for item in items:
+        if item.get_closest_marker("ros") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -99,4 +111,6 @@ def ros_env():
     return child_env()
 
 
-requires_ros = pytest.mark.skipif(not ros_available(), reason="rclpy wheels / ROS 2 not installed")
+# Marks a test (or, as pytestmark, a file) as needing rclpy and DDS: `-m ros` selects these tests,
+# `-m "not ros"` leaves them out, and they are skipped where rclpy is missing.
+requires_ros = pytest.mark.ros

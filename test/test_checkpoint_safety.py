@@ -5,7 +5,6 @@ for loading."""
 import json
 import os
 import pickle
-import random
 import shutil
 import signal
 import struct
@@ -20,9 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from smiling_ros.learn.checkpoint import load_checkpoint, save_checkpoint
 from smiling_ros.data.dataset import Normalizer
 from smiling_ros.errors import UserError
+from smiling_ros.learn.checkpoint import load_checkpoint, save_checkpoint
 from smiling_ros.learn.policy import MlpActor, MlpPolicy, load_policy
 
 OBS, ACT = 4, 2
@@ -391,34 +390,54 @@ def test_exception_inside_save_keeps_previous(tmp_path, monkeypatch):
 
 
 def test_sigkill_during_save_leaves_a_readable_checkpoint(tmp_path):
-    """A child saves ever-new versions in a loop and is SIGKILLed at random moments: after every kill
-    the checkpoint loads, its tensors match its own metadata, and the sidecar is the same or one older."""
-    n = 2_000_000  # 8 MB: a save takes long enough to be interrupted mid-write
+    """A child process saves versions 1, 2 and 3 of a checkpoint and is SIGKILLed inside its third
+    save, at each of the save's steps in turn (the tensor file written to a temporary, fsynced,
+    renamed; then the sidecar the same way), and once after it. The child stops itself at the step
+    and tells the parent, so every kill lands where it is meant to, whatever the machine's load.
+    After every kill the checkpoint loads, its tensors match its own metadata, the sidecar is the
+    same version or one older, and only a kill before a rename leaves a temporary file."""
+    n = 2_000_000  # 8 MB
     path = save_checkpoint(tmp_path / "ck.safetensors", {"w": torch.zeros(n)}, {"kind": "test", "k": 0})
-    rng = random.Random(0)
-    mid_write, seen = 0, set()
-    for it in range(12):
+    # fsync(tensor tmp), replace(tensor tmp), fsync(sidecar tmp), replace(sidecar tmp), after the save
+    expected = [(2, 2, True), (2, 2, True), (3, 2, True), (3, 2, True), (3, 3, False)]
+    for point, (want_k, want_side, want_temp) in enumerate(expected):
+        r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child: save versions k = 1000*it + 1, +2, ... until killed
+        if pid == 0:  # child: three saves; stop at step `point` of the third and wait to be killed
             try:
-                k = 1000 * it
-                while True:
-                    k += 1
+                os.close(r)
+                armed, calls = [False], [0]
+
+                def stop_at(real):
+                    def step(*args, **kwargs):
+                        if armed[0]:
+                            if calls[0] == point:
+                                os.write(w, b"x")
+                                time.sleep(3600)
+                            calls[0] += 1
+                        return real(*args, **kwargs)
+                    return step
+
+                os.fsync, os.replace = stop_at(os.fsync), stop_at(os.replace)
+                for k in (1, 2, 3):
+                    armed[0] = k == 3
                     save_checkpoint(path, {"w": torch.full((n,), float(k))}, {"kind": "test", "k": k})
+                os.write(w, b"x")
+                time.sleep(3600)
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0.01, 0.15))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        os.close(w)
+        try:
+            assert os.read(r, 1) == b"x", f"the child ended before step {point} of its save"
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
         temps = [p for p in tmp_path.iterdir() if p.name.startswith(".ck.")]
-        mid_write += bool(temps)
+        assert bool(temps) == want_temp, (point, temps)
         for p in temps:
             p.unlink()
         ck = load_checkpoint(path)
-        k = ck.meta["k"]
-        assert torch.equal(ck.tensors["w"], torch.full((n,), float(k)))
-        side = json.loads(path.with_suffix(".json").read_text())["k"]
-        assert side in (k, k - 1) or (side < k and k % 1000 == 1), (side, k)
-        seen.add(k)
-    assert mid_write >= 3  # most kills landed inside a write
-    assert len(seen) >= 3  # and the loop did make progress between kills
+        assert ck.meta["k"] == want_k, point
+        assert torch.equal(ck.tensors["w"], torch.full((n,), float(want_k)))
+        assert json.loads(path.with_suffix(".json").read_text())["k"] == want_side, point

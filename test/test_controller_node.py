@@ -311,6 +311,7 @@ def other_domain() -> int:
     return (int(os.environ["ROS_DOMAIN_ID"]) - 101 + 65) % 130 + 101
 
 
+@pytest.mark.slow
 def test_sigkill_stops_commands_restart_and_sigterm_are_clean(tmp_path):
     from smiling_ros.ros.dds_env import child_env
 
@@ -344,6 +345,7 @@ def test_sigkill_stops_commands_restart_and_sigterm_are_clean(tmp_path):
         h.close()
 
 
+@pytest.mark.slow
 def test_bad_parameters_fail_configure_with_one_line(tmp_path):
     from smiling_ros.ros.dds_env import child_env
 
@@ -380,6 +382,7 @@ def test_bad_parameters_fail_configure_with_one_line(tmp_path):
         assert len(lines) == 1 and cases[k][1] in lines[0] and "configure failed" in lines[0], (k, out)
 
 
+@pytest.mark.slow
 def test_lifecycle_driven_over_services_like_a_launch_file(tmp_path):
     """autostart:=false: the node waits unconfigured; ChangeState requests (what launch_ros sends)
     configure, activate, deactivate (one stop command, then silence), clean up and shut it down."""

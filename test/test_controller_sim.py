@@ -13,10 +13,11 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 from conftest import requires_ros
 
-pytestmark = requires_ros
+pytestmark = [requires_ros, pytest.mark.slow]
 
 TIME_SCALE = 2.0  # sim and controller both at 2 x 20 Hz, so an episode takes 2.5 s
 

@@ -39,6 +39,7 @@ def small_cfg(**kw) -> DBCConfig:
     return DBCConfig(**base)
 
 
+@pytest.mark.slow
 def test_diffusion_term_changes_policy_and_losses_fall(demos, tmp_path):
     dbc = train_dbc(demos, small_cfg(), LOW, HIGH, seed=3, progress=False, log_path=tmp_path / "dbc.train.csv")
     bc = train_dbc(demos, small_cfg(lambda_dm=0.0), LOW, HIGH, seed=3, progress=False)
@@ -99,6 +100,7 @@ def _config(tmp_path, extra: str = "") -> str:
     return str(p)
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_mlp_policy(demos, tmp_path, capsys):
     demos.save(tmp_path / "demos")
     cfg = _config(tmp_path)

@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import requires_ros
+
+pytestmark = pytest.mark.slow
 
 
 @requires_ros

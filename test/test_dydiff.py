@@ -48,6 +48,7 @@ def world_model(data):
     return train_world_model(data[0], cfg, space.low, space.high, seed=0, progress=False, max_episode_steps=200)
 
 
+@pytest.mark.slow
 def test_dydiff_rollouts_stay_closer_to_mujoco_than_single_step_ensemble(data, world_model):
     """Open loop over H steps from held-out MuJoCo windows (same s0, same actions): the refined DyDiff
     rollout drifts less from the true states than the ensemble rolled out step by step."""
@@ -149,6 +150,7 @@ def _config(tmp_path) -> str:
     return str(p)
 
 
+@pytest.mark.slow
 def test_cli_train_dydiff_then_smiling_in_the_world_model(data, tmp_path, capsys):
     data[0].save(tmp_path / "demos")
     cfg = _config(tmp_path)
@@ -230,6 +232,7 @@ def test_bad_input(data, tmp_path, capsys):
     assert not (tmp_path / "w.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_smiling_in_the_world_model_is_evaluated_in_mujoco(data, world_model, tmp_path):
     """`train-smiling --world-model` trains in the world model, but the evaluation it reports (eval.csv,
     references) is the learned policy's return in MuJoCo, the task's simulator."""

@@ -78,6 +78,7 @@ def test_eval_refuses_checkpoint_of_another_task(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--config", "arm_reach"]) == 2
 
 
+@pytest.mark.slow
 def test_train_expert_rollout_and_bad_rollout_out(tmp_path, capsys):
     from smiling_ros.learn.policy import load_policy
 

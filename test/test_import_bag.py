@@ -279,6 +279,7 @@ def test_bad_input_corpus(tmp_path, capsys, case):
         assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(tmp_path):
     """The installed `smiling-ros` entry point: a good import and two bad ones, as a user runs them."""
     exe = shutil.which("smiling-ros", path=os.path.dirname(sys.executable)) or shutil.which("smiling-ros")
@@ -300,6 +301,7 @@ def test_console_script_subprocess(tmp_path):
         assert not (tmp_path / "d2").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.ros
 def test_record_demos_bag_pairs_observation_k_with_command_k(tmp_path, ros_env):
     """A bag recorded over real DDS by `smiling-ros record-demos` (sim_node with the scripted expert

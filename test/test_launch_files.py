@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.ros  # the package's nodes and lifecycle_msgs (rclpy wheels), not launch
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 BUILTIN_PARAMS = {"use_sim_time"}

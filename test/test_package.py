@@ -83,6 +83,7 @@ def test_layering_guard_catches_a_lazy_ros_import(tmp_path):
 
 @pytest.mark.skipif(shutil.which("colcon") is None and not Path(sys.prefix, "bin", "colcon").exists(),
                     reason="colcon not installed")
+@pytest.mark.slow
 def test_colcon_build_installs_ament_layout(tmp_path):
     """`colcon build` in a ROS 2 workspace: executables under lib/smiling_ros (for `ros2 run`),
     launch/config/sim under share/smiling_ros, and the ament index marker."""

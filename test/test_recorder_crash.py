@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 
+import pytest
 import yaml
 
 from conftest import requires_ros
 
-pytestmark = requires_ros
+pytestmark = [requires_ros, pytest.mark.slow]
 
 STEPS = 10  # env steps per episode (11 observations)
 FLUSH_S = 0.5

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, ros_available
 
 
@@ -49,8 +48,9 @@ import launch_pytest  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import yaml  # noqa: E402
-from launch import LaunchDescription  # noqa: E402
 from launch.actions import ExecuteProcess  # noqa: E402
+
+from launch import LaunchDescription  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -329,10 +329,10 @@ def test_deploy_activates_the_controller_and_commands_until_ctrl_c(deploy_proc, 
     commands = probe.subscribe(CMD_TOPIC, Float64MultiArray)
     probe.until(lambda: {"sim_node", "controller_node"} <= set(probe.node_names()), "both nodes", deploy_proc)
     probe.until(lambda: probe.lifecycle_state("controller_node") == "active", "controller active", deploy_proc)
-    got = probe.params("controller_node", ["checkpoint", "control_rate_hz", "watchdog_periods", "autostart"])
-    assert got == {"checkpoint": files["policy"], "control_rate_hz": "25.0", "watchdog_periods": 3,
-                   "autostart": False}  # launch arguments, nodes.yaml, the launch file
-    assert probe.params("sim_node", ["mode", "config"]) == {"mode": "realtime", "config": "arm_reach"}
+    got = probe.params("controller_node", ["checkpoint", "control_rate_hz", "autostart"])
+    assert got == {"checkpoint": files["policy"], "control_rate_hz": "25.0", "autostart": False}  # launch args
+    got = probe.params("sim_node", ["mode", "config", "max_episodes"])
+    assert got == {"mode": "realtime", "config": "arm_reach", "max_episodes": 0}  # + config/nodes.yaml
     probe.until(lambda: len(commands) >= 20, "commands on " + CMD_TOPIC, deploy_proc)
     ctrl_c(deploy_proc)
     assert wait_exit(deploy_proc) == 0, output(deploy_proc)[-3000:]

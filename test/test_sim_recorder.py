@@ -92,6 +92,7 @@ def read_bag(path):
     return types, rows
 
 
+@pytest.mark.slow
 def test_sim_and_recorder_over_dds(tmp_path, ros_env):
     """Expert-driven sim (faster than real time, /clock) + recorder stopped by SIGINT: the bag reads
     back with every message, exact simulated-time stamps and both episodes' markers."""
@@ -235,6 +236,7 @@ def run_cli(*args, env, timeout=60):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_record_demos_end_to_end(tmp_path, ros_env):
     from smiling_ros.commands.record_demos import summarize_bag
 

@@ -193,6 +193,7 @@ def test_learner_loss_falls_over_rounds(arm_demos):
 
 
 # ----------------------------------------------------------------------------------- the loop
+@pytest.mark.slow
 def test_smiling_on_arm_beats_random_and_exports_policy(arm_demos, tmp_path):
     from smiling_ros.learn.policy import MlpPolicy, load_policy
     from smiling_ros.methods.smiling.trainer import train
@@ -229,6 +230,7 @@ def crash_after(step: int):
     return crash
 
 
+@pytest.mark.slow
 def test_resume_after_crash_reaches_same_step_count(arm_demos, tmp_path):
     from smiling_ros.methods.smiling.trainer import train
 
@@ -275,6 +277,7 @@ def test_callback_false_stops_cleanly_with_checkpoint(arm_demos, tmp_path):
     assert seen[-1] == {"step": 400, "checkpoint": str(out / "policy.safetensors")}
 
 
+@pytest.mark.slow
 def test_dac_runs_and_discriminator_separates(arm_demos, tmp_path):
     from smiling_ros.envs import make_env
     from smiling_ros.learn.policy import load_policy
@@ -306,6 +309,7 @@ def test_dac_runs_and_discriminator_separates(arm_demos, tmp_path):
     assert float(r_exp.mean()) > float(r_rnd.mean())
 
 
+@pytest.mark.slow
 def test_bc_learns_the_demo_actions(arm_demos, tmp_path):
     from smiling_ros.learn.policy import load_policy
     from smiling_ros.methods.bc import train_bc

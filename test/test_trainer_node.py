@@ -22,7 +22,7 @@ import yaml
 
 from conftest import REPO, requires_ros
 
-pytestmark = requires_ros
+pytestmark = [requires_ros, pytest.mark.slow]
 
 POLICY_TOPIC = "/smiling_ros/policy"
 LOG_EVERY = 25

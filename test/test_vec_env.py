@@ -71,6 +71,7 @@ def test_fifo_and_relabelled_batches_cover_every_env_copy(arm_demos):
     assert sampled == {0, 1, 2}  # batches draw from every copy
 
 
+@pytest.mark.slow
 def test_two_envs_exact_steps_one_update_per_env_step(arm_demos, tmp_path, monkeypatch):
     from smiling_ros.methods.smiling.buffer import RelabelingReplayBuffer
     from smiling_ros.methods.smiling.trainer import train
@@ -117,6 +118,7 @@ def test_two_envs_exact_steps_one_update_per_env_step(arm_demos, tmp_path, monke
     assert s["steps"] == total and s["n_envs"] == 2 and np.isfinite(s["reward_metrics"]["reward_raw_mean"])
 
 
+@pytest.mark.slow
 def test_resume_with_two_envs_reaches_same_step_count(arm_demos, tmp_path):
     from smiling_ros.methods.smiling.trainer import train
 
