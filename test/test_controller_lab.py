@@ -25,7 +25,7 @@ import yaml
 
 from conftest import requires_ros
 
-pytestmark = requires_ros
+pytestmark = [requires_ros, pytest.mark.slow]  # a timed run of phases against the lab arm
 
 REPO = Path(__file__).resolve().parent.parent
 ARM = Path(__file__).resolve().parent / "lab_arm.py"
