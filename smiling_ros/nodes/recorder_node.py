@@ -206,7 +206,7 @@ class RecorderNode(Node):
         self.stamper = SimTimeStamper(self.writer) if self.use_sim_time else None
         # Messages missing from publishers' sequence numbers, per topic (None: cannot tell).
         self.lost: dict[str, Optional[int]] = {}
-        self._last_seq: dict[tuple[str, bytes], int] = {}
+        self._last_seq: dict[tuple[str, Optional[bytes]], int] = {}
         self._setup_takes(cfg, p)
         self._poll_timer = self.create_timer(0.05, self._poll, clock=steady_clock())
         self.get_logger().info(f"recording {sorted(self.types)} to {self.output} ({self.storage})"
@@ -366,8 +366,9 @@ class RecorderNode(Node):
             if prev is not None and gid is None and seq <= prev:
                 lost[topic] = None
                 return
-            if prev is not None and seq > prev + 1:
-                lost[topic] += seq - prev - 1
+            so_far = lost[topic]
+            if prev is not None and seq > prev + 1 and so_far is not None:
+                lost[topic] = so_far + seq - prev - 1
             last_seq[key] = seq
 
         def handle(data: bytes, info: dict) -> None:
