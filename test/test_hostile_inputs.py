@@ -719,11 +719,13 @@ def test_class9_sigint_leaves_logs_consistent_with_the_checkpoint(tmp_path):
     assert json.loads((run / "summary.json").read_text())["interrupted"] is True
 
     # train-dbc writes its policy at the end: interrupted before, it leaves nothing (no log without a policy)
+    from smiling_ros.learn.logger import log_path
+
     before = snapshot(tmp_path)
     out = tmp_path / "dbc.safetensors"
     p = _interrupt(["train-dbc", "--config", "arm_reach", "--dataset", str(ds), "--out", str(out),
                     "--steps", "1000000", "--dm-steps", "1000000", "--quiet"], tmp_path,
-                   lambda: (tmp_path / "dbc_log.csv").exists())
+                   lambda: log_path(out).exists())
     assert p.returncode == 130, p.stderr
     assert snapshot(tmp_path) == before
 
