@@ -355,7 +355,7 @@ def test_sidecar_json_is_never_trusted(tmp_path):
     side = path.with_suffix(".json")
     assert json.loads(side.read_text())["kind"] == "mlp_policy"
     want = load_policy(path, device="cpu").act(np.ones(OBS, np.float32))
-    side.write_text(json.dumps({"format": "smiling_ros.learn.checkpoint/1", "kind": "bridger", "obs_dim": 99,
+    side.write_text(json.dumps({"format": "smiling_ros.checkpoint/1", "kind": "bridger", "obs_dim": 99,
                                 "hidden": [1], "obs_norm": {"mean": [1e9] * 99, "std": [1e-9] * 99}}))
     for spec in (path, side, tmp_path / "pol"):  # the file, its sidecar's name, the name without suffix
         ck = load_checkpoint(spec)

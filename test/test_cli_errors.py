@@ -65,7 +65,7 @@ def mk_bag_dir(d):  # a rosbag2 directory given where a dataset is expected
 
 def mk_meta_corrupt(d):
     p = good_dataset(d / "ds")
-    (p / "meta.json").write_text('{"format": "smiling_ros.data.dataset/1", ')
+    (p / "meta.json").write_text('{"format": "smiling_ros.dataset/1", ')
     return p
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from smiling_ros.config import load_config
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.errors import UserError
 from smiling_ros.learn.policy import MlpActor, MlpPolicy
+
+REPO = Path(__file__).resolve().parents[1]
 
 ARM = "smiling_ros/ArmReach-v0"
 
@@ -128,3 +131,14 @@ def test_resolve_policy_errors():
     env = gymnasium.make("Pendulum-v1")
     with pytest.raises(UserError, match="no scripted expert"):
         resolve_policy("scripted", env)
+
+
+def test_shipped_expert_checkpoint_still_loads():
+    """Checkpoints written by earlier versions keep loading: the file-format names are fixed strings,
+    not module paths (the committed Hopper expert was written before the package was reorganised)."""
+    from smiling_ros.learn.policy import load_policy
+
+    policy = load_policy(REPO / "sim" / "experts" / "hopper.safetensors", device="cpu")
+    assert (policy.obs_dim, policy.act_dim) == (11, 3)
+    action = policy.act(np.zeros(11, np.float32))
+    assert action.shape == (3,) and np.all(np.isfinite(action))

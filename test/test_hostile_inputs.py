@@ -324,7 +324,7 @@ def _size_case(d: Path, i: int, edit) -> dict:
         edit_header(ck, relabel)
     if what == "dataset_meta_depth":
         ds = good_dataset(d / f"ds{i}")
-        (ds / "meta.json").write_text(json.dumps({"format": "smiling_ros.data.dataset/1", "x": "X"})
+        (ds / "meta.json").write_text(json.dumps({"format": "smiling_ros.dataset/1", "x": "X"})
                                       .replace('"X"', nested(value, kind="dict")))
         return {"argv": train_argv("train-bc", ds, d / f"out{i}"), "names": [str(ds)], "edit": what}
     return {"argv": ["eval", "--checkpoint", str(ck), "--config", "arm_reach", "--episodes", "1"],

@@ -27,7 +27,7 @@ import torch
 
 from smiling_ros.errors import UserError
 
-FORMAT = "smiling_ros.data.dataset/1"
+FORMAT = "smiling_ros.dataset/1"  # a file-format name, independent of the module path
 DATASET_FILES = ("meta.json", "data.safetensors")
 MAX_META_BYTES = 64 * 1024 * 1024
 

@@ -35,7 +35,7 @@ from smiling_ros.io.outputs import atomic_write_text as _atomic_write_text
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
-FORMAT = "smiling_ros.learn.checkpoint/1"
+FORMAT = "smiling_ros.checkpoint/1"  # a file-format name, independent of the module path
 _META_KEY = "smiling_ros"
 _INTEGRITY_KEY = "smiling_ros.integrity"
 
