@@ -17,12 +17,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import yaml
 
 from conftest import requires_ros
 from test_controller_sim import clone_expert
 
-pytestmark = requires_ros
+pytestmark = [requires_ros, pytest.mark.slow]
 
 JTC_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 JOINTS = ["shoulder", "elbow"]

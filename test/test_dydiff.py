@@ -69,6 +69,7 @@ def test_dydiff_rollouts_stay_closer_to_mujoco_than_single_step_ensemble(data, w
     assert e_dyd[-1] < e_ens[-1]
 
 
+@pytest.mark.slow
 def test_policy_injected_rollouts_filter_and_relabel(data, world_model):
     s0 = torch.as_tensor(data[0].obs[:40])
     policy = lambda s: torch.clamp(8.0 * s[:, 1:2] + 1.0 * s[:, 3:4], -3, 3)  # noqa: E731

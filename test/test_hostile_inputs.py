@@ -32,6 +32,9 @@ from hypothesis import strategies as st
 from smiling_ros.data.dataset import Dataset, Normalizer
 from smiling_ros.learn.policy import MlpActor, MlpPolicy
 
+# Every class runs the CLI in child processes over generated corpora: the whole suite's lane.
+pytestmark = pytest.mark.slow
+
 ARM = "smiling_ros/ArmReach-v0"
 OBS, ACT = 8, 2
 REPO = Path(__file__).resolve().parent.parent

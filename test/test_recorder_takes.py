@@ -16,7 +16,7 @@ from smiling_ros.config import load_config
 from smiling_ros.data.dataset import Dataset
 from smiling_ros.io.importer import import_bag
 
-pytestmark = requires_ros
+pytestmark = [requires_ros, pytest.mark.slow]
 
 JOINTS = ["a", "b"]
 

@@ -74,6 +74,7 @@ def test_announced_file_must_match_its_hash(ckpt):
 # --------------------------------------------------------------------------- two machines over DDS
 @pytest.mark.skipif(not ros_available(), reason="rclpy wheels / ROS 2 not installed")
 @pytest.mark.ros
+@pytest.mark.slow
 def test_controller_swaps_to_a_transferred_checkpoint_and_refuses_a_tampered_one(tmp_path):
     from test_controller_node import B_OUTPUT, Harness, make_policies, write_config
 
