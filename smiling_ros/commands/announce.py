@@ -22,43 +22,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import time
-
     from smiling_ros.errors import UserError
     from smiling_ros.learn.checkpoint import load_checkpoint
 
     if not args.topic.startswith("/"):
         raise UserError(f"--topic: an absolute topic name, got '{args.topic}'")
     load_checkpoint(args.checkpoint)  # refuse what a controller would refuse, before sending it
-    from smiling_ros.ros.dds_env import ensure_local_dds
+    from smiling_ros.ros.transfer import announce_checkpoint
 
-    ensure_local_dds()
-    import rclpy
-    from rclpy.duration import Duration
-
-    from smiling_ros.ros.transfer import CheckpointAnnouncer
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("smiling_ros_announce", context=ctx)
-    try:
-        ann = CheckpointAnnouncer(node, args.topic, inline=not args.path_only, max_bytes=int(args.max_mb * 1e6))
-        deadline = time.monotonic() + args.wait
-        pubs = ann.publishers()
-        while time.monotonic() < deadline and min(p.get_subscription_count() for p in pubs) < 1:
-            time.sleep(0.05)
-        header = ann.announce(args.checkpoint)
-        print(f"announced {header.name} ({header.size} bytes, sha256 {header.sha256}) on {args.topic}"
-              + ("" if args.path_only else " with its bytes"), flush=True)
-        for p in pubs:
-            p.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
-        matched = min(p.get_subscription_count() for p in pubs)
-        if matched < 1:
-            print(f"no controller subscribed to {args.topic} within {args.wait:g} s", flush=True)
-        else:
-            # Transient local: stay a little so a controller that reconnects still gets it.
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-    finally:
-        node.destroy_node()
-        ctx.try_shutdown()
+    header, matched = announce_checkpoint(args.checkpoint, args.topic, inline=not args.path_only,
+                                          max_bytes=int(args.max_mb * 1e6), wait_s=args.wait)
+    print(f"announced {header.name} ({header.size} bytes, sha256 {header.sha256}) on {args.topic}"
+          + ("" if args.path_only else " with its bytes"), flush=True)
+    if matched < 1:
+        print(f"no controller subscribed to {args.topic} within {args.wait:g} s", flush=True)
     return 0

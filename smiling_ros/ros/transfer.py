@@ -62,3 +62,37 @@ def subscribe_transfers(node: Any, policy_topic: str, callback: Any) -> Any:
     from std_msgs.msg import UInt8MultiArray
 
     return node.create_subscription(UInt8MultiArray, blob_topic(policy_topic), lambda m: callback(m.data), BLOB)
+
+
+def announce_checkpoint(path: str, topic: str, *, inline: bool, max_bytes: int, wait_s: float) -> tuple[Any, int]:
+    """Announce ``path`` from a short-lived node of its own (``smiling-ros announce``): wait up to
+    ``wait_s`` for a controller to subscribe, announce (with the bytes when ``inline``), wait for every
+    matched controller to acknowledge, and stay up to 1 s more (transient local) for one that
+    reconnects. Returns the announcement header and the number of matched controllers."""
+    import time
+
+    import rclpy
+    from rclpy.duration import Duration
+
+    from smiling_ros.ros.dds_env import ensure_local_dds
+
+    ensure_local_dds()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("smiling_ros_announce", context=ctx)
+    try:
+        ann = CheckpointAnnouncer(node, topic, inline=inline, max_bytes=max_bytes)
+        deadline = time.monotonic() + wait_s
+        pubs = ann.publishers()
+        while time.monotonic() < deadline and min(p.get_subscription_count() for p in pubs) < 1:
+            time.sleep(0.05)
+        header = ann.announce(path)
+        for p in pubs:
+            p.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+        matched = min(p.get_subscription_count() for p in pubs)
+        if matched >= 1:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return header, matched
+    finally:
+        node.destroy_node()
+        ctx.try_shutdown()
