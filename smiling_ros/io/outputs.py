@@ -173,7 +173,7 @@ class _Lock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_pid(fd)
+                holder = _holder_pid(fd)
                 os.close(fd)
                 raise UserError(f"{self.output}: being written by another process"
                                 f"{f' (pid {holder})' if holder else ''}; wait for it to finish or choose another "
@@ -202,6 +202,19 @@ class _Lock:
             os.unlink(self.path)  # while still holding the lock: a waiter re-checks the inode
         os.close(self.fd)
         self.fd = None
+
+
+def _holder_pid(fd: int, wait_s: float = 1.0) -> Optional[int]:
+    """The pid in a held lock file. The holder writes it right after taking the lock, so a writer
+    refused in between waits briefly (at most ``wait_s``) for it rather than naming no one."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        pid = _read_pid(fd)
+        if pid is not None or time.monotonic() >= deadline:
+            return pid
+        time.sleep(0.005)
 
 
 def _read_pid(fd: int) -> Optional[int]:
